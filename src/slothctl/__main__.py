@@ -1,0 +1,3 @@
+from slothctl.cli.app import main
+
+main()

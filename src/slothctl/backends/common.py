@@ -1,0 +1,149 @@
+"""What both backends share: dtype and optimizer choice, TRL's SFTConfig, the trainer subclass,
+and the datasets the trainer consumes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from slothctl.config import Config
+from slothctl.data.encode import Encoded
+
+
+def on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matmuls run about twice as fast as float32 on such CPUs."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compute_dtype(cfg: Config):
+    """`auto`: bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU.
+
+    On CPU the weights stay float32; `cpu_mixed_precision` decides whether to autocast to bf16.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    if cfg.model.dtype != "auto":
+        return getattr(torch, cfg.model.dtype)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_mixed_precision(cfg: Config) -> bool:
+    """bf16 autocast on CPU: with dtype = "bfloat16", or `auto` on a CPU with native bf16."""
+    return cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and cpu_has_native_bf16())
+
+
+def optimizer_name(cfg: Config) -> str:
+    if cfg.train.optim != "auto":
+        return cfg.train.optim
+    return "adamw_8bit" if on_cuda() else "adamw_torch"
+
+
+def to_dataset(examples: list[Encoded]):
+    """The tokenized rows as a `datasets.Dataset` with input_ids and labels: TRL then skips its own
+    tokenization and trains on exactly these tokens and this mask."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
+                              "labels": [e.labels for e in examples]})
+
+
+def planned_steps(cfg: Config, n_train: int, max_steps: int | None) -> int:
+    steps = max_steps if max_steps is not None else cfg.train.max_steps
+    if steps:
+        return steps
+    per_epoch = math.ceil(n_train / (cfg.train.batch_size * cfg.train.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * cfg.train.epochs))
+
+
+def sft_config(cfg: Config, output_dir: str, *, total_steps: int, has_eval: bool, **extra: Any):
+    """TRL arguments from the TOML: one place maps every [train] key to the trainer."""
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    dtype = compute_dtype(cfg)
+    evaluate = has_eval and not t.skip_eval
+    eval_every = t.eval_steps or t.save_steps or max(1, total_steps // 10)
+    warmup = t.warmup_ratio if t.warmup_ratio < 1 else total_steps
+    args = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=total_steps,
+        num_train_epochs=t.epochs,
+        optim=optimizer_name(cfg),
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=eval_every,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        seed=t.seed,
+        data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=dtype == torch.bfloat16 if on_cuda() else cpu_mixed_precision(cfg),
+        fp16=dtype == torch.float16 and on_cuda(),
+        use_cpu=not on_cuda(),
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        max_length=cfg.model.max_seq_length,
+        packing=t.packing,
+        dataset_num_proc=None,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    args.update(extra)
+    return SFTConfig(**args)
+
+
+def count_tokens(inputs: dict) -> int:
+    """Real (non-pad) tokens in a batch: attention mask when padded, the flat length when padding-free."""
+    if "attention_mask" in inputs:
+        return int(inputs["attention_mask"].sum())
+    if "position_ids" in inputs:
+        return int(inputs["position_ids"].numel())
+    return int(inputs["input_ids"].numel())
+
+
+def make_trainer_class(base: type, plain_loss: bool) -> type:
+    """Subclass a (possibly Unsloth-patched) SFTTrainer to count tokens for tokens/s.
+
+    `plain_loss` uses transformers' own loss instead of TRL's fused log-prob loss, which needs
+    Triton and so fails on CPU.
+    """
+    from transformers import Trainer
+
+    class SlothctlTrainer(base):
+        tokens_seen = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.tokens_seen += count_tokens(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        if plain_loss:
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+
+    return SlothctlTrainer

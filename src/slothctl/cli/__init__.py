@@ -1,0 +1,1 @@
+"""Thin Typer commands: parse, call a library function, render its events and result."""

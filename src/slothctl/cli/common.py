@@ -1,0 +1,30 @@
+"""Options every command shares (--config, --set, --json) and the one way to load the project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from slothctl.cli import output
+from slothctl.config import DEFAULT_CONFIG_NAME
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Project file.", show_default=True)]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable), e.g. --set train.max_steps=10.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (JSON / JSON lines).")]
+DEFAULT_CONFIG = Path(DEFAULT_CONFIG_NAME)
+
+
+def start(json_mode: bool) -> output.Output:
+    """Set up this command's output (and with it, where errors go)."""
+    output.current = output.Output(json_mode)
+    return output.current
+
+
+def load_config(path: Path, sets: list[str] | None, extra: list[str] | None = None):
+    """The project config with --set overrides and a command's own flags (highest precedence) applied."""
+    from slothctl import config
+
+    return config.load(path, list(sets or []) + list(extra or []))

