@@ -480,10 +480,22 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def fingerprint(cfg: Config, sections: tuple[str, ...] = ("model", "lora", "data", "train")) -> str:
-    """A hash of what determines a training run (not chat/export/hub settings)."""
-    relevant = {s: v for s, v in cfg.to_dict().items() if s in sections}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+# Keys that do not change what the steps already taken computed: the engine that runs them, how long
+# to go on, and bookkeeping. A run may be resumed with other values for these.
+RESUMABLE_CHANGES = {"model.backend", "train.max_steps", "train.epochs", "train.save_steps",
+                     "train.save_total_limit", "train.eval_steps", "train.skip_eval",
+                     "train.early_stopping_patience", "train.logging_steps", "train.report_to"}
+
+
+def fingerprint_values(cfg: Config, sections: tuple[str, ...] = ("model", "lora", "data", "train")) -> dict:
+    """The values that determine a training run's steps (not chat/export/hub settings)."""
+    return {f"{s}.{k}": v for s, values in cfg.to_dict().items() if s in sections
+            for k, v in values.items() if f"{s}.{k}" not in RESUMABLE_CHANGES}
+
+
+def fingerprint(cfg: Config) -> str:
+    """A hash of `fingerprint_values`: equal hashes mean a checkpoint can be continued exactly."""
+    return hashlib.sha256(json.dumps(fingerprint_values(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def reference_markdown() -> str:

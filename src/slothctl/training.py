@@ -6,6 +6,7 @@ own function, so a config key can be followed from the TOML to the call that use
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -105,6 +106,7 @@ def make_progress_callback(emit: Emit, paths: RunPaths, trainer_ref: list):
                 record.update(event="step", loss=float(logs["loss"]), lr=float(logs.get("learning_rate", 0.0)),
                               grad_norm=float(logs["grad_norm"]) if "grad_norm" in logs else None,
                               tokens_per_s=round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
+                              tokens=tokens,
                               total_steps=state.max_steps, elapsed=round(elapsed, 2),
                               eta=round(per_step * (state.max_steps - step), 1))
                 self.losses.append((step, float(logs["loss"])))
@@ -127,8 +129,8 @@ def check_existing_run(cfg: Config, paths: RunPaths) -> Path | None:
         return None
     previous = config_mod.load(paths.config)
     if config_mod.fingerprint(previous) != config_mod.fingerprint(cfg):
-        old, new = previous.to_dict(), cfg.to_dict()
-        changed = [f"{s}.{k}" for s in ("model", "lora", "data", "train") for k in new[s] if old[s][k] != new[s][k]]
+        old, new = config_mod.fingerprint_values(previous), config_mod.fingerprint_values(cfg)
+        changed = [k for k in new if old.get(k) != new[k]]
         raise UsageError(f"run folder {paths.root} was trained with a different config "
                          f"(changed: {', '.join(changed)})", "set another [output] name, or remove that folder")
     return paths.latest_checkpoint()
@@ -141,6 +143,23 @@ def _prepare_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
     status(emit, f"{len(data.train)} training rows, {len(data.eval)} eval rows "
                  f"({len(data.invalid)} invalid, {data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
     return data
+
+
+def _peak_vram_gb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+
+
+def _run_optimizer(paths: RunPaths, cfg: Config, resume_from: Path | None, resolved: str) -> str:
+    """The optimizer of a run is fixed at its start: `optim = "auto"` resolves per device (8-bit AdamW
+    on CUDA, AdamW on CPU), and a checkpoint's optimizer state only loads into the same kind, so a
+    CPU run resumed on a GPU keeps its optimizer."""
+    record = paths.root / "slothctl_run.json"
+    if resume_from is not None and cfg.train.optim == "auto" and record.is_file():
+        resolved = json.loads(record.read_text(encoding="utf-8")).get("optim", resolved)
+    write_json_atomic(record, {"optim": resolved})
+    return resolved
 
 
 def _save_adapter(model, tokenizer, cfg: Config, data: Prepared, backend: str, paths: RunPaths) -> None:
@@ -172,12 +191,14 @@ def train(cfg: Config, emit: Emit = ignore) -> TrainResult:
     model, tokenizer = backend.load(cfg, resolved.path, emit)
     model = backend.add_lora(model, cfg)
 
-    from slothctl.backends.common import planned_steps, sft_config, to_dataset
+    from slothctl.backends.common import optimizer_name, planned_steps, sft_config, to_dataset
 
     total = planned_steps(cfg, len(data.train), None)
     trainer_ref: list = []
     progress = make_progress_callback(emit, paths, trainer_ref)
-    args = sft_config(cfg, str(paths.root), total_steps=total, has_eval=bool(data.eval))
+    optim = _run_optimizer(paths, cfg, resume_from, optimizer_name(cfg))
+    args = sft_config(cfg, str(paths.root), total_steps=total, has_eval=bool(data.eval), optim=optim,
+                      lengths=[len(e.input_ids) for e in data.train], **backend.sft_overrides(cfg))
     trainer = backend.trainer_class()(
         model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(data.train),
         eval_dataset=to_dataset(data.eval) if data.eval else None, callbacks=[progress])
@@ -203,7 +224,8 @@ def train(cfg: Config, emit: Emit = ignore) -> TrainResult:
     write_json_atomic(paths.summary, {
         **result.to_json(), "run": cfg.output.name, "backend": backend_name,
         "device": "cuda" if args.use_cpu is False else "cpu", "train_seconds": round(train_seconds, 2),
-        "train_tokens": trainer.tokens_seen, "losses": losses, "fingerprint": config_mod.fingerprint(cfg),
+        "train_tokens": trainer.tokens_seen, "peak_vram_gb": _peak_vram_gb(), "losses": losses,
+        "fingerprint": config_mod.fingerprint(cfg),
         "data": {"rows": data.rows, "format": data.format, "train_rows": len(data.train),
                  "eval_rows": len(data.eval), "invalid": len(data.invalid), "truncated": data.truncated,
                  "chat_template": data.template.name if data.template else None},

@@ -4,6 +4,7 @@ A backend is a module with the same few functions:
 
     load(cfg, model_path, emit) -> (model, tokenizer)       base model + HF tokenizer, ready for LoRA
     add_lora(model, cfg) -> model                          PEFT LoRA on cfg.lora.target_modules
+    sft_overrides(cfg) -> dict                             this backend's changes to the shared TRL arguments
     trainer_class() -> type                                an SFTTrainer subclass for this device
     load_adapter(cfg, model_path, adapter, emit) -> (model, tokenizer)   for chat and merge
 

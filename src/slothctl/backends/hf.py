@@ -79,6 +79,11 @@ def add_lora(model, cfg: Config):
     return model
 
 
+def sft_overrides(cfg: Config) -> dict:
+    """Nothing to change in the shared TRL arguments."""
+    return {}
+
+
 def trainer_class() -> type:
     from trl import SFTTrainer
 

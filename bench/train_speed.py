@@ -1,0 +1,289 @@
+"""Training speed and memory: slothctl against a hand-written Unsloth script and plain HF + PEFT.
+
+For each model shape (SmolLM2-135M = the embedded model; Qwen3-1.7B and Llama-3-8B shapes built
+from their published configs with random weights and the embedded tokenizer), at seq 2048, LoRA
+r16 on all linear layers, gradient checkpointing, measured in one run on one machine:
+
+    (a) slothctl train, unsloth backend     (b) raw Unsloth + TRL script (bench/raw_unsloth.py)
+    (c) raw transformers + PEFT + TRL, sdpa  (d) slothctl train, hf backend
+
+Tokens/s is steady state (after --warmup steps), peak VRAM is torch's max allocated memory.
+Then, on variable-length chat data (log-normal lengths, 50-2,000 tokens), one epoch per batching
+strategy, real (non-pad) tokens/s and mean loss per token: slothctl's choices against Unsloth's
+own default (auto padding-free).
+
+    python bench/train_speed.py --out bench/results/train_speed-DEVICE-DATE.json [--shapes ...] [--varlen]
+
+Every variant runs in its own process (Unsloth patches transformers process-wide). Prints the
+ratios a/b and a/c, and MFU with the FLOP formula of bench/_shared.py:flops_per_token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _shared import SHAPES, flops_per_token, peak_tflops, write_chat_rows, write_text_rows  # noqa: E402
+
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/slothctl-bench"))
+BATCH = {"smollm2-135m": 8, "qwen3-1.7b": 4, "llama-3-8b": 2}
+
+
+def embedded_folder() -> Path:
+    sys.path.insert(0, str(REPO / "src"))
+    from slothctl.models import ensure_embedded
+
+    return ensure_embedded("smollm2-135m")
+
+
+def shape_config(shape: str) -> dict:
+    if shape == "smollm2-135m":
+        return json.loads((embedded_folder() / "config.json").read_text())
+    return SHAPES[shape]
+
+
+def build_model(shape: str) -> Path:
+    """A random-initialised model of the shape, saved once (bf16) with the embedded tokenizer."""
+    if shape == "smollm2-135m":
+        return embedded_folder()
+    target = WORK / "models" / shape
+    if (target / "config.json").is_file():
+        return target
+    code = f"""
+import json, shutil, torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+spec = {SHAPES[shape]!r}
+config = AutoConfig.for_model(**spec)
+config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+model.save_pretrained({str(target)!r})
+AutoTokenizer.from_pretrained({str(embedded_folder())!r}).save_pretrained({str(target)!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return target
+
+
+def slothctl_project(name: str, model: Path, data: Path, fmt: str, seq: int, bs: int, steps: int | None,
+                     backend: str, batching: str = "padded", packing: bool = False) -> Path:
+    folder = WORK / "projects" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "slothctl.toml").write_text(f"""
+[model]
+name = "{model}"
+max_seq_length = {seq}
+backend = "{backend}"
+[data]
+source = "{data}"
+format = "{fmt}"
+[train]
+batch_size = {bs}
+gradient_accumulation_steps = 1
+max_steps = {steps or 0}
+epochs = 1.0
+save_steps = 0
+logging_steps = 1
+gradient_checkpointing = true
+batching = "{batching}"
+packing = {"true" if packing else "false"}
+[output]
+name = "bench"
+""")
+    return folder
+
+
+DIAGNOSE = {"TORCH_LOGS": "recompiles"}  # count torch.compile recompilations (one stderr line each)
+
+
+def step_profile(seconds: list[float]) -> dict:
+    """How step times evolve: a slow first half that speeds up points at compilation per new shape."""
+    half = len(seconds) // 2
+    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else None  # noqa: E731
+    return {"median_step_s": median(seconds), "first_half_median_s": median(seconds[:half]),
+            "second_half_median_s": median(seconds[half:]), "max_step_s": max(seconds) if seconds else None}
+
+
+def recompiles(stderr: str) -> int:
+    return sum(1 for line in stderr.splitlines() if "Recompiling function" in line)
+
+
+def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
+    """Run `slothctl train --json` in a fresh process; steady-state tokens/s from its step events."""
+    import shutil
+
+    shutil.rmtree(project / "runs", ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}",
+           **(DIAGNOSE if diagnose else {})}
+    proc = subprocess.run([sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    steps = [e for e in events if e["event"] == "step"]
+    summary = json.loads((project / "runs" / "bench" / "summary.json").read_text())
+    first, last = steps[warmup - 1], steps[-1]
+    result = {"tokens_per_s": (last["tokens"] - first["tokens"]) / (last["elapsed"] - first["elapsed"]),
+              "epoch_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
+              "peak_vram_gb": summary["peak_vram_gb"], "mean_loss": sum(e["loss"] for e in steps) / len(steps),
+              "steps": len(steps), "backend": summary["backend"]}
+    if diagnose:
+        elapsed = [e["elapsed"] for e in steps]
+        result.update(step_profile([b - a for a, b in zip(elapsed, elapsed[1:])]),
+                      recompiles=recompiles(proc.stderr))
+    return result
+
+
+def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
+    out = WORK / f"{script}-{time.time_ns()}.json"
+    env = {**os.environ, **(DIAGNOSE if diagnose else {})}
+    proc = subprocess.run([sys.executable, str(HERE / script), *args, str(out)], capture_output=True, text=True,
+                          cwd=HERE, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    result = json.loads(out.read_text())
+    if diagnose:
+        result["recompiles"] = recompiles(proc.stderr)
+    return result
+
+
+def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
+    model = build_model(shape)
+    bs = BATCH[shape]
+    data = WORK / "data" / f"text-{seq}.jsonl"
+    if not data.exists():
+        write_text_rows(data, rows=max(BATCH.values()) * (steps + 4), words_per_row=seq + 64)
+    results = {}
+    for variant in variants:
+        if variant == "a":
+            results["a_slothctl_unsloth"] = run_slothctl(
+                slothctl_project(f"{shape}-a", model, data, "text", seq, bs, steps, "unsloth", batching="auto"),
+                warmup)
+        elif variant == "b":
+            results["b_raw_unsloth"] = run_script("raw_unsloth.py", str(model), str(data), "--seq", str(seq), "--bs",
+                                                  str(bs), "--steps", str(steps), "--warmup", str(warmup))
+        elif variant == "c":
+            results["c_raw_hf"] = run_script("raw_hf.py", str(model), str(data), "--seq", str(seq), "--bs", str(bs),
+                                             "--steps", str(steps), "--warmup", str(warmup))
+        elif variant == "d":
+            results["d_slothctl_hf"] = run_slothctl(
+                slothctl_project(f"{shape}-d", model, data, "text", seq, bs, steps, "hf", batching="auto"), warmup)
+        print(shape, variant, json.dumps(list(results.values())[-1]), flush=True)
+    cfg = shape_config(shape)
+    flops = flops_per_token(cfg, seq)
+    summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops, "results": results}
+    a, b, c = (results.get(k, {}) for k in ("a_slothctl_unsloth", "b_raw_unsloth", "c_raw_hf"))
+    if "tokens_per_s" in a and "tokens_per_s" in b:
+        summary["a_over_b_tokens"] = a["tokens_per_s"] / b["tokens_per_s"]
+        summary["a_over_b_vram"] = a["peak_vram_gb"] / b["peak_vram_gb"]
+    if "tokens_per_s" in a and "tokens_per_s" in c:
+        summary["a_over_c_tokens"] = a["tokens_per_s"] / c["tokens_per_s"]
+        summary["a_over_c_vram"] = a["peak_vram_gb"] / c["peak_vram_gb"]
+    return summary
+
+
+def variable_length(rows: int, strategies: list[str]) -> dict:
+    """Qwen3-1.7B shape, bs 8, one epoch of chat rows: real tokens/s per batching strategy."""
+    shape, bs, seq = "qwen3-1.7b", 8, 2048
+    model = build_model(shape)
+    data = WORK / "data" / f"chat-{rows}.jsonl"
+    if not data.exists():
+        write_chat_rows(data, rows)
+    results = {}
+    for strategy in strategies:
+        if strategy == "unsloth_default":
+            results[strategy] = run_script("raw_unsloth.py", str(model), str(data), "--chat", "--bs", str(bs),
+                                           diagnose=True)
+        else:
+            packing = strategy == "packed"
+            batching = "auto" if packing else strategy
+            project = slothctl_project(f"varlen-{strategy}", model, data, "messages", seq, bs, None, "unsloth",
+                                       batching=batching, packing=packing)
+            results[strategy] = run_slothctl(project, warmup=3, diagnose=True)
+        print("varlen", strategy, json.dumps(results[strategy]), flush=True)
+    out = {"shape": shape, "rows": rows, "batch_size": bs, "results": results}
+    base = results.get("unsloth_default", {}).get("tokens_per_s")
+    if base:
+        out["speedup_over_unsloth_default"] = {
+            k: v.get("epoch_tokens_per_s", v.get("tokens_per_s", 0)) / base for k, v in results.items()}
+    return out
+
+
+def environment() -> dict:
+    import torch
+
+    versions = {}
+    for name in ("torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "bitsandbytes", "datasets",
+                 "flash_attn", "xformers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"device": device, "date": datetime.date.today().isoformat(), "versions": versions,
+            "peak_tflops_bf16": peak_tflops(device)}
+
+
+def report(results: dict) -> None:
+    peak = results["environment"]["peak_tflops_bf16"]
+    print(f"\n{results['environment']['device']}, {results['environment']['date']}")
+    print(f"{'shape':14} {'variant':22} {'tok/s':>9} {'VRAM GiB':>9} {'MFU':>6}")
+    for shape, data in results.get("fixed", {}).items():
+        for variant, r in data["results"].items():
+            if "tokens_per_s" not in r:
+                print(f"{shape:14} {variant:22} FAILED: {r.get('error', '')[-200:]}")
+                continue
+            mfu = r["tokens_per_s"] * data["flops_per_token"] / (peak * 1e12) if peak else None
+            vram = f"{r['peak_vram_gb']:.2f}" if r.get("peak_vram_gb") else "-"
+            print(f"{shape:14} {variant:22} {r['tokens_per_s']:9.0f} {vram:>9} "
+                  f"{f'{mfu:.1%}' if mfu else '-':>6}")
+        for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram"):
+            if ratio in data:
+                print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
+    if "varlen" in results:
+        print("\nvariable-length chat (one epoch, real tokens/s, speed-up over Unsloth's default):")
+        for k, r in results["varlen"]["results"].items():
+            speed = results["varlen"].get("speedup_over_unsloth_default", {}).get(k)
+            rate = r.get("epoch_tokens_per_s", r.get("tokens_per_s"))
+            loss = r.get("mean_loss", r.get("train_loss"))
+            print(f"  {k:18} {rate or 0:9.0f} tok/s  loss {loss or 0:.4f}  x{speed or 0:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shapes", default="smollm2-135m,qwen3-1.7b,llama-3-8b")
+    parser.add_argument("--variants", default="abcd")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=14)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--varlen", default="", help="comma list: unsloth_default,auto,padded,length_grouped,"
+                                                     "padding_free,packed")
+    parser.add_argument("--varlen-rows", type=int, default=512)
+    args = parser.parse_args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["environment"] = environment()
+    for shape in filter(None, args.shapes.split(",")):
+        results.setdefault("fixed", {})[shape] = fixed_length(shape, args.seq, args.steps, args.warmup,
+                                                              args.variants)
+        out.write_text(json.dumps(results, indent=2))
+    if args.varlen:
+        results["varlen"] = variable_length(args.varlen_rows, args.varlen.split(","))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

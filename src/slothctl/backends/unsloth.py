@@ -1,0 +1,116 @@
+"""The `unsloth` backend: Unsloth's FastLanguageModel on CUDA.
+
+Importing this module imports unsloth, which must happen before transformers, trl and peft are
+imported in the process: Unsloth patches their classes. `backends.get("unsloth")` is therefore
+called before anything else heavy in `training.train`. Unsloth refuses to import without a
+CUDA GPU; `backends.select` checks that first and gives a clear message.
+
+Only loading, LoRA, merging and inference differ from the hf backend: data, TRL arguments,
+checkpoints and artifacts are shared, so a GPU adapter is used on CPU as is.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network calls from the training process
+
+import unsloth  # noqa: E402,F401  (must precede transformers, trl, peft)
+
+from slothctl.backends import hf  # noqa: E402
+from slothctl.backends.common import make_trainer_class  # noqa: E402
+from slothctl.config import Config  # noqa: E402
+from slothctl.errors import RuntimeFailure, UsageError  # noqa: E402
+from slothctl.events import Emit, ignore, status  # noqa: E402
+
+NAME = "unsloth"
+
+
+def _dtype(cfg: Config):
+    import torch
+
+    return None if cfg.model.dtype in ("auto", "float32") else getattr(torch, cfg.model.dtype)
+
+
+def load(cfg: Config, model_path: str, emit: Emit = ignore):
+    """FastLanguageModel.from_pretrained with the [model] settings; the tokenizer is loaded with
+    transformers, as the hf backend does, so both backends save identical tokenizers."""
+    from unsloth import FastLanguageModel
+
+    status(emit, f"Loading {cfg.model.name} with Unsloth")
+    try:
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=model_path,
+            max_seq_length=cfg.model.max_seq_length,
+            dtype=_dtype(cfg),
+            load_in_4bit=cfg.model.load_in_4bit,
+            load_in_8bit=cfg.model.load_in_8bit,
+            trust_remote_code=cfg.model.trust_remote_code,
+            revision=cfg.model.revision or None,
+            use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+            random_state=cfg.train.seed,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot load model `{cfg.model.name}`: {exc}") from None
+    return model, hf.load_tokenizer(cfg, model_path)
+
+
+def add_lora(model, cfg: Config):
+    from unsloth import FastLanguageModel
+
+    lora = cfg.lora
+    try:
+        return FastLanguageModel.get_peft_model(
+            model,
+            r=lora.r,
+            target_modules=list(lora.target_modules),
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            bias=lora.bias,
+            use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+            random_state=cfg.train.seed,
+            use_rslora=lora.use_rslora,
+            max_seq_length=cfg.model.max_seq_length,
+        )
+    except ValueError as exc:
+        raise UsageError(f"[lora] target_modules: {exc}") from None
+
+
+def sft_overrides(cfg: Config) -> dict:
+    """Unsloth's own (offloaded) gradient checkpointing is set up by get_peft_model; the trainer's
+    would replace it with transformers' slower one, so the trainer is told to leave it alone."""
+    return {"gradient_checkpointing": False, "gradient_checkpointing_kwargs": None}
+
+
+def trainer_class() -> type:
+    from trl import SFTTrainer  # Unsloth's patched trainer, since unsloth was imported first
+
+    return make_trainer_class(SFTTrainer, plain_loss=False)
+
+
+def load_adapter(cfg: Config, model_path: str, adapter_path: str, emit: Emit = ignore):
+    """Base model through Unsloth + a trained adapter (from either backend)."""
+    from peft import PeftModel
+
+    model, _ = load(cfg, model_path, emit)
+    try:
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"cannot load the adapter {adapter_path}: {exc}") from None
+    return model, hf.load_tokenizer(cfg, adapter_path)
+
+
+def for_inference(model):
+    """Unsloth's fast generation mode (its own KV cache and kernels)."""
+    from unsloth import FastLanguageModel
+
+    FastLanguageModel.for_inference(model)
+    return model
+
+
+SAVE_METHODS = {"16bit": "merged_16bit", "4bit": "merged_4bit_forced", "lora": "lora"}
+
+
+def save_merged(model, tokenizer, out_dir: str, precision: str) -> None:
+    """Unsloth's own merge and save (`save_pretrained_merged`), the seeds' three save methods."""
+    model.save_pretrained_merged(out_dir, tokenizer, save_method=SAVE_METHODS[precision])
