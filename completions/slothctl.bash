@@ -51,7 +51,7 @@ _slothctl() {
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --branch --revision --dry-run --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json" -- "$cur"))
       fi ;;
     "train")
       case "$prev" in

@@ -32,7 +32,7 @@ complete -c slothctl -n '__fish_seen_subcommand_from init' -l json -d 'Machine-r
 complete -c slothctl -n '__fish_seen_subcommand_from init' -F
 complete -c slothctl -n '__fish_seen_subcommand_from push' -l what -x -a 'adapter merged gguf' -d 'What to push (default: adapter; with --path, detected from the folder).'
 complete -c slothctl -n '__fish_seen_subcommand_from push' -l path -r -F -d 'Push this folder instead of the runs.'
-complete -c slothctl -n '__fish_seen_subcommand_from push' -l public -d 'Create the repository public (default: private, or \(hub) private).'
+complete -c slothctl -n '__fish_seen_subcommand_from push' -l public -l private -d 'Visibility of a new repository (default: \(hub) private, which is true).'
 complete -c slothctl -n '__fish_seen_subcommand_from push' -l branch -l revision -x -d 'Commit to this branch (created if needed).'
 complete -c slothctl -n '__fish_seen_subcommand_from push' -l dry-run -d 'List the files and sizes; send nothing.'
 complete -c slothctl -n '__fish_seen_subcommand_from push' -l config -s c -r -F -d 'Project file.'

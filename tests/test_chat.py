@@ -50,13 +50,20 @@ def test_prompt_greedy_is_reproducible_and_prints_only_the_answer(tmp_path: Path
 
 
 def test_gguf_answers_through_llama_cpp_and_stops_at_end_of_turn(tmp_path: Path, embedded_model: Path):
-    gguf = embedded_gguf_path("smollm2-135m")
-    reply = answer_json(run_cli("chat", "--gguf", str(gguf), "--prompt", "Hi", *GREEDY, "--max-new-tokens", "64",
-                                "--json", cwd=tmp_path))
+    gguf = ["--gguf", str(embedded_gguf_path("smollm2-135m")), "--max-new-tokens", "64"]
+    reply = answer_json(run_cli("chat", *gguf, "--prompt", "Hi", *GREEDY, "--json", cwd=tmp_path))
     assert reply["answer"].strip() and "<|im_end|>" not in reply["answer"]
     assert reply["finish_reason"] == "stop" and reply["tokens"] < 64, reply
     # the chat template stored in the GGUF, tokenized by llama.cpp, gives the prompt transformers gives
     assert reply["prompt_tokens"] == prompt_tokens(embedded_model, [user("Hi")])
+    # the REPL, piped into without --json, prints each answer on stdout and nothing else
+    repl = run_cli("chat", *gguf, *GREEDY, cwd=tmp_path, input="Hi\n/reset\nHi\n")
+    assert repl.returncode == 0, repl.stderr
+    assert repl.stdout == f"{reply['answer']}\n{reply['answer']}\n" and "conversation reset" in repl.stderr
+    # sampling is reproducible with the same seed
+    sampled = [answer_json(run_cli("chat", *gguf, "-p", "Tell me a joke.", "--temperature", "1.0", "--seed", "7",
+                                   "--json", cwd=tmp_path))["answer"] for _ in range(2)]
+    assert sampled[0] == sampled[1]
 
 
 def test_repl_through_a_pipe_keeps_history_and_obeys_commands(trained_run: Path):

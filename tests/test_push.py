@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def test_push_public_to_a_new_branch_of_a_name_only_repo(trained_run: Path, hub,
     assert_token_nowhere(again, hub, hf_home)
 
 
-def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path, hub, hf_home):
+def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path, hub, hf_home, tmp_path):
     result = push(trained_run, hub, hf_home, "me/x", "--dry-run", "--json", token=None)
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
@@ -136,6 +135,12 @@ def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path
     assert "README.md" in sizes and listing["private"] is True and listing["dry_run"] is True
     human = push(trained_run, hub, hf_home, "me/x", "--dry-run", token=None)
     assert human.returncode == 0 and "adapter_model.safetensors" in human.stdout and "total" in human.stdout
+    # --path works outside a project too; the card still comes from the run the folder belongs to
+    elsewhere = run_cli("push", "me/x", "--path", str(adapter), "--dry-run", "--json", cwd=tmp_path,
+                        env={"HF_TOKEN": "", "HF_HOME": str(hf_home)})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert json.loads(elsewhere.stdout)["what"] == "adapter" and json.loads(elsewhere.stdout)["files"] == \
+        listing["files"]
     assert hub.requests == []
 
 

@@ -25,7 +25,7 @@ from slothctl.data.chat_template import render
 from slothctl.errors import UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.resources import chat_template_text
-from slothctl.runs import RunPaths, adapter_info, resolve_adapter
+from slothctl.runs import adapter_info, resolve_adapter
 
 OnText = Callable[[str], None]
 COMMANDS = {  # the REPL's commands, for its /help
@@ -105,6 +105,8 @@ def resolve_target(cfg: Config, *, adapter: Path | None = None, model: str | Non
                 raise UsageError(f"--gguf {path} is not a GGUF file")
         return Target("gguf", str(path))
     if model is not None:
+        if not models.is_embedded(model):  # (an embedded model is checked, and converted, when it loads)
+            models.resolve(model, cfg.project_dir)  # a missing folder or a malformed id: exit 2 now
         return Target("model", model)
     path = resolve_adapter(cfg.run_dir, adapter, checkpoint)
     run_config = path.parent / "config.toml"
@@ -186,9 +188,13 @@ class Chat:
     def set_system(self, text: str) -> None:
         self.conversation.system = text
 
+    @property
+    def context(self) -> int:
+        return min(self.settings.context_length, self.engine.context_length)
+
     def _prompt_ids(self, user: str) -> list[int]:
         """The prompt's tokens, dropping the oldest turns until it leaves room to answer."""
-        limit = min(self.settings.context_length, self.engine.context_length)
+        limit = self.context
         dropped = 0
         while True:
             text = render_prompt(self.conversation.template, self.conversation.messages(user),
@@ -209,10 +215,9 @@ class Chat:
     def ask(self, text: str, on_text: OnText | None = None) -> Reply:
         """Answer `text` in this conversation, streaming the answer through `on_text`."""
         ids = self._prompt_ids(text)
-        limit = min(self.settings.context_length, self.engine.context_length)
+        max_new_tokens = min(self.settings.max_new_tokens, self.context - len(ids))
         started = time.perf_counter()
-        answer, tokens, finish = self.engine.generate(ids, self.settings, min(self.settings.max_new_tokens,
-                                                                               limit - len(ids)),
+        answer, tokens, finish = self.engine.generate(ids, self.settings, max_new_tokens,
                                                       self.settings.seed + self.turn, on_text)
         seconds = time.perf_counter() - started
         self.turn += 1

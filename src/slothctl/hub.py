@@ -116,20 +116,33 @@ def _adapter_config_for_hub(path: Path, hub_id: str | None) -> bytes | None:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def _valid_on_hub(repo_id: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
 def plan(cfg: Config, repo_id: str | None, *, what: str | None = None, path: Path | None = None,
-         private: bool | None = None, branch: str | None = None, emit: Emit = ignore) -> Plan:
-    """Decide the commit: checks every input, reads the run, writes the card in memory. No network."""
+         private: bool | None = None, branch: str | None = None, lookup: bool = False,
+         emit: Emit = ignore) -> Plan:
+    """Decide the commit: checks every input, reads the run, writes the card in memory. No network,
+    unless `lookup` asks the Hub for a hub base model's license (for the card)."""
     repo_id = repo_id or cfg.hub.repo_id
     if not repo_id:
         raise UsageError("no repository given", "pass REPO_ID (e.g. me/my-model) or set [hub] repo_id")
-    if not REPO_ID.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
+    if not REPO_ID.match(repo_id) or not _valid_on_hub(repo_id):
         raise UsageError(f"`{repo_id}` is not a Hub repository id", "use owner/name, e.g. me/my-model")
     if what is not None and what not in WHATS:
         raise UsageError(f"--what {what}: expected one of {', '.join(WHATS)}")
     what, folder, run_root = _source_folder(cfg, what, path)
     run = read_run(run_root, folder)
     base_name = run.adapter.get("base_model") or (run.config.model.name if run.config else cfg.model.name)
-    base = describe_base(base_name, cfg.project_dir)
+    base = describe_base(base_name, cfg.project_dir, lookup=lookup)
     files: dict[str, Path | bytes] = dict(_folder_files(folder))
     if not files:
         raise UsageError(f"{folder} is empty")

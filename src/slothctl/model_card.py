@@ -51,7 +51,7 @@ def _front_matter(readme: Path) -> dict:
         return {}
 
 
-def describe_base(name: str, project_dir: Path | None = None, lookup: bool = True) -> BaseModel:
+def describe_base(name: str, project_dir: Path | None = None, lookup: bool = False) -> BaseModel:
     """The Hub id and license of a base model: from slothctl's registry for embedded models, the
     folder's own card for local folders, and (with `lookup`) the Hub for hub ids."""
     if models.is_embedded(name):
@@ -160,7 +160,7 @@ def _training_rows(run: RunInfo) -> list[tuple[str, str]]:
             ("method", f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}"
                        + (", rsLoRA" if lora.use_rslora else "")),
             ("target modules", ", ".join(lora.target_modules)),
-            ("base weights", f"quantization {quant}"),
+            ("base model quantization", quant),
             ("data", f"`{data.source}` ("
                      + (f"{summary['data']['train_rows']} training rows, " if "train_rows" in summary.get("data", {})
                         else "") + f"format {run.adapter.get('format') or data.format})"),
@@ -173,8 +173,7 @@ def _training_rows(run: RunInfo) -> list[tuple[str, str]]:
             ("seed", str(train.seed)),
         ]
     if summary:
-        rows += [("steps", _fmt(summary.get("steps"))),
-                 ("backend", f"{summary.get('backend', '-')} on {summary.get('device', '-')}")]
+        rows.append(("backend", f"{summary.get('backend', '-')} on {summary.get('device', '-')}"))
     return rows
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.common import (DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config_or_defaults,
+                                 start)
 from slothctl.cli.output import Output
 from slothctl.errors import SlothctlError, UsageError
 from slothctl.events import Event
@@ -20,7 +21,8 @@ def chat(
     config: ConfigOption = DEFAULT_CONFIG,
     sets: SetOption = None,
     prompt: Annotated[Optional[list[str]], typer.Option(
-        "--prompt", "-p", metavar="TEXT", help="Answer this prompt, print only the answer and exit (repeatable; `-` reads stdin).")] = None,
+        "--prompt", "-p", metavar="TEXT",
+        help="Answer this prompt, print only the answer and exit (repeatable; `-` reads stdin).")] = None,
     adapter: Annotated[Optional[Path], typer.Option(
         "--adapter", help="A LoRA adapter folder (default: the run's final adapter).")] = None,
     checkpoint: Annotated[Optional[int], typer.Option("--checkpoint", min=1, help="Checkpoint N of the run.")] = None,
@@ -46,7 +48,7 @@ def chat(
     flags = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "min_p": min_p,
              "repetition_penalty": repetition_penalty, "seed": seed}
     extra = [f"chat.{name}={value}" for name, value in flags.items() if value is not None]
-    cfg = _load(config, sets, extra, standalone=gguf is not None or model is not None)
+    cfg = load_config_or_defaults(config, sets, extra, standalone=gguf is not None or model is not None)
     if system is not None:
         cfg.chat.system_prompt = system
     from slothctl import chat as chat_lib
@@ -60,17 +62,6 @@ def chat(
                 raise KeyboardInterrupt
     else:
         _repl(out, chats)
-
-
-def _load(config: Path, sets, extra: list[str], standalone: bool):
-    """The project config; with --gguf or --model and no project file here, the built-in defaults."""
-    if standalone and config == DEFAULT_CONFIG and not config.exists():
-        from slothctl import config as config_mod
-
-        raw = config_mod.apply_overrides({"model": {"name": config_mod.EMBEDDED_MODEL}, "data": {"source": "-"}},
-                                         list(sets or []) + extra)
-        return config_mod.build(raw, "(built-in defaults)")
-    return load_config(config, sets, extra)
 
 
 def _read_prompts(prompts: list[str] | None) -> list[str]:

@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.common import (DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config_or_defaults,
+                                 start)
 
 What = Literal["adapter", "merged", "gguf"]  # hub.WHATS
 
@@ -18,8 +19,9 @@ def push(
     what: Annotated[Optional[What], typer.Option(
         "--what", help="What to push (default: adapter; with --path, detected from the folder).")] = None,
     path: Annotated[Optional[Path], typer.Option("--path", help="Push this folder instead of the run's.")] = None,
-    public: Annotated[bool, typer.Option("--public", help="Create the repository public (default: private, "
-                                                          "or \\[hub] private).")] = False,
+    public: Annotated[Optional[bool], typer.Option(
+        "--public/--private", help="Visibility of a new repository (default: \\[hub] private, which is true).",
+        show_default=False)] = None,
     branch: Annotated[Optional[str], typer.Option(
         "--branch", "--revision", help="Commit to this branch (created if needed).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and sizes; send nothing.")] = False,
@@ -29,14 +31,14 @@ def push(
 ) -> None:
     """Upload the run's adapter (or merged model, or GGUF files) with a model card, private by default."""
     out = start(json_mode)
-    cfg = load_config(config, sets)
+    cfg = load_config_or_defaults(config, sets, standalone=path is not None)
     from slothctl import hub
 
-    plan = hub.plan(cfg, repo_id, what=what, path=path, private=False if public else None, branch=branch,
-                    emit=out.event)
+    plan = hub.plan(cfg, repo_id, what=what, path=path, private=None if public is None else not public, branch=branch,
+                    lookup=not dry_run, emit=out.event)
     if dry_run:
         listing = "\n".join(f"  {item['path']:<40} {hub.human_size(item['size']):>10}" for item in plan.listing())
-        out.result({"dry_run": True, **plan.to_json()},
+        out.result({"dry_run": True, **plan.to_json(), "card": plan.files["README.md"].decode()},
                    f"Would push {plan.what} from {plan.folder} to {'private' if plan.private else 'public'} "
                    f"repository {plan.repo_id} (branch {plan.branch or 'main'}):\n{listing}\n"
                    f"  {'total':<40} {hub.human_size(plan.total_bytes):>10}")
