@@ -66,11 +66,10 @@ def chat(
 
 def _read_prompts(prompts: list[str] | None) -> list[str]:
     texts = []
-    for text in prompts or []:
-        if text == "-":
-            text = sys.stdin.read()
+    for given in prompts or []:
+        text = sys.stdin.read() if given == "-" else given
         if not text.strip():
-            raise UsageError("--prompt is empty" + (" (nothing on stdin)" if text == "" else ""))
+            raise UsageError("--prompt is empty" + (" (nothing on stdin)" if given == "-" else ""))
         texts.append(text.strip())
     return texts
 
