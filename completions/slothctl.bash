@@ -5,7 +5,7 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " init train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " chat init push train " == *" $w "* ]] && path="$w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +13,26 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "init train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "chat init push train" -- "$cur")); fi ;;
+    "chat")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --prompt|-p) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --model) return ;;
+        --gguf) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --max-new-tokens) return ;;
+        --temperature) return ;;
+        --top-p) return ;;
+        --min-p) return ;;
+        --repetition-penalty) return ;;
+        --seed) return ;;
+        --system) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json" -- "$cur"))
+      fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;
@@ -24,6 +43,16 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "push")
+      case "$prev" in
+        --what) COMPREPLY=($(compgen -W "adapter merged gguf" -- "$cur")); return ;;
+        --path) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --branch|--revision) return ;;
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json" -- "$cur"))
+      fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;

@@ -13,7 +13,7 @@ from conftest import REPO, assert_usage_error, run_cli
 from slothctl import config
 from slothctl.cli import completions
 
-HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth")
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth", "huggingface_hub", "llama_cpp")
 PROBE = """
 import sys
 from slothctl.cli.app import main
@@ -26,8 +26,9 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"]],
-                         ids=["help", "init-help", "version", "train-help"])
+@pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"],
+                                  ["chat", "--help"], ["push", "--help"]],
+                         ids=["help", "init-help", "version", "train-help", "chat-help", "push-help"])
 def test_help_and_version_import_nothing_heavy(args):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, timeout=60)

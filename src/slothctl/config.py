@@ -175,6 +175,8 @@ class ChatConfig:
     repetition_penalty: float = key(1.0, "Penalty on repeated tokens (1 = none).", min=0.5, max=10.0)
     seed: int = key(3407, "Sampling seed.", min=0)
     system_prompt: str = key("", "System message put before every conversation (empty = the template's default).")
+    context_length: int = key(4096, "Tokens of conversation kept (prompt + answer); the oldest turns are dropped "
+                              "to fit. Also the llama.cpp context size for `--gguf`.", min=64, max=1_048_576)
 
 
 @dataclass

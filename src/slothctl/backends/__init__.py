@@ -7,6 +7,7 @@ A backend is a module with the same few functions:
     sft_overrides(cfg) -> dict                             this backend's changes to the shared TRL arguments
     trainer_class() -> type                                an SFTTrainer subclass for this device
     load_adapter(cfg, model_path, adapter, emit) -> (model, tokenizer)   for chat and merge
+    for_inference(model) -> model                         ready a loaded model for generation (chat)
 
 Everything else (data, TRL arguments, checkpoints, events, artifacts) is shared, so both
 backends write the same run folder. `select` decides before any heavy import, because Unsloth

@@ -103,3 +103,13 @@ def load_adapter(cfg: Config, model_path: str, adapter_path: str, emit: Emit = i
     except (OSError, ValueError) as exc:
         raise RuntimeFailure(f"cannot load the adapter {adapter_path}: {exc}") from None
     return model, tokenizer
+
+
+def for_inference(model):
+    """Ready a loaded model for generation: eval mode (no dropout), gradients off, KV cache on."""
+    model.eval()
+    model.requires_grad_(False)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = True  # training turns it off with gradient checkpointing
+    return model

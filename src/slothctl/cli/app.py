@@ -18,7 +18,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from slothctl import __version__
 from slothctl.cli import output
+from slothctl.cli.chat import chat
 from slothctl.cli.init import init
+from slothctl.cli.push import push
 from slothctl.cli.train import train
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
 
@@ -49,6 +51,8 @@ def root(
 
 app.command()(init)
 app.command()(train)
+app.command()(chat)
+app.command()(push)
 
 
 def command() -> Command:

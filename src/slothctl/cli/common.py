@@ -28,3 +28,16 @@ def load_config(path: Path, sets: list[str] | None, extra: list[str] | None = No
     from slothctl import config
 
     return config.load(path, list(sets or []) + list(extra or []))
+
+
+def load_config_or_defaults(path: Path, sets: list[str] | None, extra: list[str] | None = None,
+                            standalone: bool = False):
+    """Like load_config; with `standalone` (the command was given everything it needs, e.g. a file to
+    use) and no project file at the default place, the built-in defaults instead."""
+    if standalone and path == DEFAULT_CONFIG and not path.exists():
+        from slothctl import config
+
+        raw = config.apply_overrides({"model": {"name": config.EMBEDDED_MODEL}, "data": {"source": "-"}},
+                                     list(sets or []) + list(extra or []))
+        return config.build(raw, "(built-in defaults)")
+    return load_config(path, sets, extra)
