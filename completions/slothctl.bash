@@ -5,7 +5,7 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " init train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " init resume train " == *" $w "* ]] && path="$w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +13,7 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "init train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "init resume train" -- "$cur")); fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;
@@ -24,13 +24,22 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "resume")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --from) return ;;
+        --max-steps) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --json" -- "$cur"))
+      fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
         --max-steps) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --dry-run --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --json" -- "$cur"))
       fi ;;
   esac
 }

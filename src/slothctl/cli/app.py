@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from slothctl import __version__
 from slothctl.cli import output
 from slothctl.cli.init import init
+from slothctl.cli.resume import resume
 from slothctl.cli.train import train
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
 
@@ -49,6 +50,7 @@ def root(
 
 app.command()(init)
 app.command()(train)
+app.command()(resume)
 
 
 def command() -> Command:
