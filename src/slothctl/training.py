@@ -134,7 +134,7 @@ def make_progress_callback(emit: Emit, paths: RunPaths, trainer_ref: list):
     return Progress()
 
 
-def make_run_control(emit: Emit, stop: GracefulStop, save_last: bool):
+def make_run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool):
     """A TrainerCallback for what slothctl adds to the loop: stop cleanly after a signal, checkpoint
     where early stopping ends the run (transformers already saves the last step, so a finished run
     can be trained longer), and take the save/eval/logging intervals from the current config rather
@@ -168,7 +168,7 @@ def make_run_control(emit: Emit, stop: GracefulStop, save_last: bool):
                 control.should_training_stop = True
 
         def on_evaluate(self, args, state, control, **kwargs):
-            if save_last and control.should_training_stop:  # early stopping: keep where it stopped
+            if save_on_early_stop and control.should_training_stop:  # keep where early stopping ended
                 control.should_save = True
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -364,7 +364,7 @@ def _make_trainer(cfg: Config, plan: RunPlan, backend, model, tokenizer, data: P
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    callbacks += [make_run_control(emit, stop, save_last=cfg.train.save_steps > 0),
+    callbacks += [make_run_control(emit, stop, save_on_early_stop=cfg.train.save_steps > 0),
                   make_progress_callback(emit, paths, trainer_ref), *tracking.callbacks(cfg, paths, plan.resume_step)]
     trainer_class = checkpoints.make_resumable(backend.trainer_class(), run)
     trainer = trainer_class(

@@ -69,7 +69,9 @@ class TrainView:
             self._print(f"[dim]checkpoint saved: {d['path']}[/]")
         elif event.kind == "warning":
             self._print(f"[yellow]warning:[/] {event.message}")
-        elif event.kind in ("stopping", "stopped"):
+        elif event.kind == "stopping":
             self._print(f"[yellow]{event.message}[/]")
+        elif event.kind == "stopped":
+            pass  # the command's last line (exit 130) says the same, with the resume command
         elif event.message:
             self._print(f"[dim]{event.message}[/]")
