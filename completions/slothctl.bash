@@ -5,7 +5,7 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " chat init push train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " chat init push resume train " == *" $w "* ]] && path="$w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +13,7 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "chat init push train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "chat init push resume train" -- "$cur")); fi ;;
     "chat")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -53,13 +53,22 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json" -- "$cur"))
       fi ;;
+    "resume")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --from) return ;;
+        --max-steps) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --json" -- "$cur"))
+      fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
         --max-steps) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --dry-run --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --json" -- "$cur"))
       fi ;;
   esac
 }

@@ -27,8 +27,8 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"],
-                                  ["chat", "--help"], ["push", "--help"]],
-                         ids=["help", "init-help", "version", "train-help", "chat-help", "push-help"])
+                                  ["resume", "--help"], ["chat", "--help"], ["push", "--help"]],
+                         ids=["help", "init-help", "version", "train-help", "resume-help", "chat-help", "push-help"])
 def test_help_and_version_import_nothing_heavy(args):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, timeout=60)

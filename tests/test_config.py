@@ -123,7 +123,6 @@ def test_written_config_round_trips(tmp_path):
     again.write_text(config.to_toml(cfg))
     reloaded = config.load(again)
     assert reloaded.to_dict() == cfg.to_dict()
-    assert config.fingerprint(reloaded) == config.fingerprint(cfg)
 
 
 def test_schema_documents_every_key_and_defaults_validate():

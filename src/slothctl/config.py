@@ -133,13 +133,14 @@ class TrainConfig:
     optim: str = key("auto", "Optimizer: `auto` is adamw_8bit on CUDA and adamw_torch on CPU.",
                      choices=("auto", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit",
                               "sgd", "adafactor"), unsloth="adamw_8bit on CUDA like the notebooks")
-    save_steps: int = key(50, "Write a checkpoint every N steps (0 = only the final adapter).", min=0)
+    save_steps: int = key(50, "Write a checkpoint every N steps and at the last step, for `slothctl resume` "
+                          "(0 = only the final adapter; Ctrl-C still saves one).", min=0)
     save_total_limit: int = key(3, "Keep the newest N checkpoints (the final adapter is kept apart).", min=1)
     eval_steps: int = key(0, "Evaluate every N steps (0 = at every save). Needs data.eval_fraction > 0.",
                           min=0)
     skip_eval: bool = key(False, "Never evaluate, even with an eval split (faster runs).")
-    early_stopping_patience: int = key(0, "Stop when eval loss has not improved for N evaluations (0 = off).",
-                                       min=0)
+    early_stopping_patience: int = key(0, "Stop when eval loss has not improved for N evaluations (0 = off). "
+                                       "The final adapter is the one of the step where training stopped.", min=0)
     logging_steps: int = key(1, "Report loss and speed every N steps.", min=1)
     seed: int = key(3407, "Seed for LoRA initialisation, data order and dropout.", min=0,
                     unsloth="same (3407)")
@@ -151,7 +152,9 @@ class TrainConfig:
     batching: str = key("auto", "How rows of different lengths share a batch: `auto` picks the fastest for "
                         "the installed attention kernels; `padded`, `length_grouped` or `padding_free` force one.",
                         choices=("auto", "padded", "length_grouped", "padding_free"))
-    report_to: str = key("none", "Experiment tracker.", choices=("none", "tensorboard", "wandb"))
+    report_to: str = key("none", "Experiment tracker: `tensorboard` writes to <run>/tensorboard/; `wandb` needs "
+                         "the wandb extra and logs offline (WANDB_MODE=offline) unless you are logged in.",
+                         choices=("none", "tensorboard", "wandb"))
 
 
 @dataclass
@@ -351,6 +354,9 @@ def _check_consistency(cfg: Config, where: str) -> None:
     if cfg.train.early_stopping_patience and cfg.data.eval_fraction == 0:
         raise ConfigError(where, "[train] early_stopping_patience", "needs an eval split",
                           "set data.eval_fraction, e.g. 0.05")
+    if cfg.train.early_stopping_patience and cfg.train.skip_eval:
+        raise ConfigError(where, "[train] early_stopping_patience", "needs evaluations, but skip_eval is true",
+                          "set skip_eval = false, or early_stopping_patience = 0")
     name = cfg.output.name
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ConfigError(where, "[output] name", f"{json.dumps(name)} is not a valid folder name",
@@ -480,24 +486,6 @@ def to_toml(cfg: Config) -> str:
         lines += [f"{name} = {toml_value(value)}" for name, value in values.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-# Keys that do not change what the steps already taken computed: the engine that runs them, how long
-# to go on, and bookkeeping. A run may be resumed with other values for these.
-RESUMABLE_CHANGES = {"model.backend", "train.max_steps", "train.epochs", "train.save_steps",
-                     "train.save_total_limit", "train.eval_steps", "train.skip_eval",
-                     "train.early_stopping_patience", "train.logging_steps", "train.report_to"}
-
-
-def fingerprint_values(cfg: Config, sections: tuple[str, ...] = ("model", "lora", "data", "train")) -> dict:
-    """The values that determine a training run's steps (not chat/export/hub settings)."""
-    return {f"{s}.{k}": v for s, values in cfg.to_dict().items() if s in sections
-            for k, v in values.items() if f"{s}.{k}" not in RESUMABLE_CHANGES}
-
-
-def fingerprint(cfg: Config) -> str:
-    """A hash of `fingerprint_values`: equal hashes mean a checkpoint can be continued exactly."""
-    return hashlib.sha256(json.dumps(fingerprint_values(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def reference_markdown() -> str:

@@ -2,13 +2,17 @@
 
     runs/<name>/
       config.toml      the resolved config, exactly as trained
-      checkpoint-N/    complete checkpoints only
+      checkpoint-N/    complete checkpoints only (each ends with slothctl_checkpoint.json)
       adapter/         final LoRA adapter + tokenizer + chat template
       merged/, gguf/   written by merge and export
       metrics.jsonl    one line per logged step and eval, append-only
       summary.json     final numbers, timings, library versions
+      tensorboard/     event files when [train] report_to = "tensorboard"
 
 Everything is written to a temporary name first and renamed, so a reader never sees half a file.
+metrics.jsonl is never rewritten: a resumed run appends a `{"event": "resume", "step": k}` line,
+which voids the earlier lines with a step above k (steps a killed run logged after its last
+checkpoint); `read_metrics` applies that rule.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_INFO = "slothctl_checkpoint.json"  # written last: a checkpoint without it is incomplete
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,14 @@ class RunPaths:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
     def checkpoint(self, step: int) -> Path:
         return self.root / f"checkpoint-{step}"
 
-    def checkpoints(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints, oldest first (temporary folders never match the pattern)."""
+    def _named_checkpoints(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
             return []
         found = []
@@ -68,9 +76,65 @@ class RunPaths:
                 found.append((int(match.group(1)), child))
         return sorted(found)
 
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first (temporary folders never match the pattern)."""
+        return [(step, path) for step, path in self._named_checkpoints() if is_complete_checkpoint(path)]
+
+    def incomplete_checkpoints(self) -> list[Path]:
+        """Folders named like a checkpoint that were never finished (no slothctl_checkpoint.json)."""
+        return [path for _, path in self._named_checkpoints() if not is_complete_checkpoint(path)]
+
     def latest_checkpoint(self) -> Path | None:
         checkpoints = self.checkpoints()
         return checkpoints[-1][1] if checkpoints else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / CHECKPOINT_INFO).is_file()
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT_RE.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted."""
+    old = [path for _, path in paths.checkpoints()[:-keep or None]] if keep > 0 else []
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
+def clean_incomplete(paths: RunPaths) -> list[Path]:
+    """Remove what an interrupted write left behind: temporary folders and files, and checkpoint
+    folders that were never completed. Returns what was removed, so the caller can say so."""
+    removed = remove_stale_temporaries(paths.root)
+    for path in paths.incomplete_checkpoints():
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root` (and the folders) to disk, so a rename after it is durable."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -98,6 +162,24 @@ def append_jsonl(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The run's effective history from metrics.jsonl: a `resume` line at step k drops the earlier
+    step and eval lines above k (logged by a run that was killed after its last checkpoint).
+    Resume lines themselves are kept; a torn last line (killed mid-write) is skipped."""
+    records: list[dict] = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "resume":
+            records = [r for r in records if r.get("event") == "resume" or r.get("step", 0) <= record["step"]]
+        records.append(record)
+    return records
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from slothctl.cli import output
 from slothctl.cli.chat import chat
 from slothctl.cli.init import init
 from slothctl.cli.push import push
+from slothctl.cli.resume import resume
 from slothctl.cli.train import train
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
 
@@ -51,6 +52,7 @@ def root(
 
 app.command()(init)
 app.command()(train)
+app.command()(resume)
 app.command()(chat)
 app.command()(push)
 

@@ -1,6 +1,7 @@
-"""The live training view: a progress bar with loss, learning rate, tokens/s, elapsed and ETA.
+"""The live training view: a progress bar with loss, eval loss, learning rate, tokens/s, elapsed and ETA.
 
 On a terminal it redraws in place (rich Live); otherwise (logs, CI) each logged step is one line.
+Evaluations, checkpoints and the Ctrl-C notices are printed as lines in both cases.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class TrainView:
         self.live = not out.json_mode and out.err.is_terminal
         self.progress = Progress(
             TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss [cyan]{task.fields[loss]}[/]  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TextColumn("loss [cyan]{task.fields[loss]}[/]  eval [magenta]{task.fields[eval]}[/]  "
+                       "lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
             TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
             console=out.err, transient=False, disable=not self.live)
         self.task = None
@@ -50,7 +52,7 @@ class TrainView:
         d = event.data
         if event.kind == "start":
             self.task = self.progress.add_task("train", total=d["total_steps"], completed=d["step"],
-                                               loss="-", lr="-", tps="-", eta="-")
+                                               loss="-", eval="-", lr="-", tps="-", eta="-")
         elif event.kind == "step":
             loss, lr, tps = f"{d['loss']:.4f}", f"{d['lr']:.2e}", f"{d['tokens_per_s']:,.0f}"
             if self.live and self.task is not None:
@@ -60,10 +62,16 @@ class TrainView:
                 self._print(f"step {d['step']}/{d['total_steps']}  loss {loss}  lr {lr}  {tps} tok/s  "
                             f"elapsed {_fmt_eta(d.get('elapsed'))}  eta {_fmt_eta(d.get('eta'))}")
         elif event.kind == "eval":
+            if self.live and self.task is not None:
+                self.progress.update(self.task, eval=f"{d['eval_loss']:.4f}")
             self._print(f"[magenta]eval[/] step {d['step']}: eval_loss {d['eval_loss']:.4f}")
         elif event.kind == "checkpoint":
             self._print(f"[dim]checkpoint saved: {d['path']}[/]")
         elif event.kind == "warning":
             self._print(f"[yellow]warning:[/] {event.message}")
+        elif event.kind == "stopping":
+            self._print(f"[yellow]{event.message}[/]")
+        elif event.kind == "stopped":
+            pass  # the command's last line (exit 130) says the same, with the resume command
         elif event.message:
             self._print(f"[dim]{event.message}[/]")

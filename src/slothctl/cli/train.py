@@ -1,4 +1,4 @@
-"""`slothctl train`: train the LoRA adapter the project file describes."""
+"""`slothctl train`: train the LoRA adapter the project file describes (or continue its run)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,42 @@ from typing import Annotated, Optional
 import typer
 
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.output import Output
 from slothctl.cli.progress import TrainView
+
+MaxStepsOption = Annotated[Optional[int], typer.Option(
+    "--max-steps", min=1, help="Stop after N steps (same as --set train.max_steps=N); more than before trains longer.")]
+ForceResumeOption = Annotated[bool, typer.Option(
+    "--force-resume", help="Continue from the checkpoint even though the config changed.")]
+
+
+def render_result(out: Output, result) -> None:
+    """The last line(s) of train and resume: numbers, where the adapter is, what to do next."""
+    if result.already_complete:
+        human = f"[green]Already complete[/]: {result.steps} steps\nAdapter: {result.adapter}\nNext: slothctl chat"
+    else:
+        loss = "-" if result.final_loss is None else f"{result.first_loss:.4f} → {result.final_loss:.4f}"
+        evals = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
+        early = " (stopped early)" if result.stopped_early else ""
+        human = (f"[green]Done[/]: {result.steps} steps{early}, loss {loss}{evals}, {result.tokens_per_s:,.0f} tok/s, "
+                 f"{result.seconds:.0f}s\nAdapter: {result.adapter}\nNext: slothctl chat")
+    out.result({"event": "done", **result.to_json()}, human)
 
 
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
     sets: SetOption = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N steps "
-                                                     "(same as --set train.max_steps=N).")] = None,
+    max_steps: MaxStepsOption = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over in a new run folder (<name>-2, -3, ...) "
+                                        "instead of resuming the existing one.")] = False,
+    force_resume: ForceResumeOption = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
     json_mode: JsonOption = False,
 ) -> None:
-    """Train a LoRA adapter: checkpoints, adapter/ and summary.json go to runs/<name>/."""
+    """Train a LoRA adapter: checkpoints, adapter/ and summary.json go to runs/<name>/.
+
+    A run folder with checkpoints of the same config is resumed (see `slothctl resume`).
+    """
     out = start(json_mode)
     cfg = load_config(config, sets, [f"train.max_steps={max_steps}"] if max_steps else None)
     if dry_run:
@@ -26,11 +50,12 @@ def train(
 
         out.result({"config": cfg.to_dict(), "run_dir": str(cfg.run_dir)}, to_toml(cfg))
         return
+    if fresh and force_resume:
+        from slothctl.errors import UsageError
+
+        raise UsageError("--fresh and --force-resume exclude each other", "choose one")
     from slothctl.training import train as run_training
 
     with TrainView(out) as view:
-        result = run_training(cfg, view)
-    out.result({"event": "done", **result.to_json()},
-               f"[green]Done[/]: {result.steps} steps, loss {result.first_loss:.4f} → {result.final_loss:.4f}, "
-               f"{result.tokens_per_s:,.0f} tok/s, {result.seconds:.0f}s\nAdapter: {result.adapter}\n"
-               f"Next: slothctl chat")
+        result = run_training(cfg, view, fresh=fresh, force_resume=force_resume)
+    render_result(out, result)

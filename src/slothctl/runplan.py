@@ -1,0 +1,249 @@
+"""Before training: which folder a run goes to, whether it starts, resumes or is already done, and
+whether the disk can hold it. Everything here runs before the model loads, so a refusal is quick.
+
+The rules (README, "Resuming"):
+- A run folder with complete checkpoints continues from the newest one (or `--from`) when the
+  config that wrote it matches; keys in checkpoints.FREE_TO_CHANGE (max_steps, epochs, save and
+  logging intervals, report_to) may differ. Otherwise exit 2 listing the changed keys, unless
+  `--fresh` (a new folder <name>-2, -3, ...) or `--force-resume` (continue with the new values).
+- A larger max_steps trains longer: the run continues from its newest checkpoint and the
+  learning-rate schedule is recomputed for the new total. A max_steps below the checkpoint is refused.
+- A run whose summary.json says it finished with this config and length is not trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from slothctl import checkpoints, config as config_mod
+from slothctl.config import Config
+from slothctl.errors import UsageError
+from slothctl.events import Emit, warning
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, clean_incomplete, is_complete_checkpoint
+
+
+@dataclass
+class RunPlan:
+    cfg: Config
+    paths: RunPaths
+    checkpoint: Path | None = None  # resume from here
+    info: dict = field(default_factory=dict)  # its slothctl_checkpoint.json
+    forced: list = field(default_factory=list)  # changes accepted with --force-resume
+    renamed_from: str | None = None  # --fresh moved the run to a new folder
+
+    @property
+    def resume_step(self) -> int | None:
+        return self.info.get("step") if self.checkpoint else None
+
+
+def has_content(folder: Path) -> bool:
+    return folder.is_dir() and any(child.name != ".lock" for child in folder.iterdir())
+
+
+def next_free_name(cfg: Config) -> str:
+    """<name>-2, <name>-3, ...: the first that is not taken in the runs folder."""
+    parent = cfg.run_dir.parent
+    n = 2
+    while (parent / f"{cfg.output.name}-{n}").exists():
+        n += 1
+    return f"{cfg.output.name}-{n}"
+
+
+def with_run_name(cfg: Config, name: str) -> Config:
+    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=name))
+
+
+def find_checkpoint(paths: RunPaths, choice: str | None) -> Path | None:
+    """The checkpoint to resume from: `--from` (a step, checkpoint-N or a folder), else the newest complete one."""
+    if choice is None:
+        found = paths.checkpoints()
+        return found[-1][1] if found else None
+    text = str(choice)
+    if text.isdigit():
+        candidate = paths.checkpoint(int(text))
+    elif Path(text).expanduser().is_dir():
+        candidate = Path(text).expanduser().resolve()
+    else:
+        candidate = paths.root / text
+    if not is_complete_checkpoint(candidate):
+        steps = ", ".join(str(step) for step, _ in paths.checkpoints()) or "none"
+        problem = "is not a complete checkpoint" if candidate.is_dir() else "does not exist"
+        raise UsageError(f"--from {text}: {candidate} {problem} (no {CHECKPOINT_INFO})",
+                         f"complete checkpoints of {paths.root}: {steps}")
+    return candidate
+
+
+def _compare_with_folder_config(cfg: Config, paths: RunPaths) -> None:
+    """No checkpoint to resume: refuse to mix a different config into a folder that holds a run."""
+    if not paths.config.is_file():
+        return
+    previous = config_mod.load(paths.config)
+    changes = checkpoints.changed_keys(previous, cfg)
+    if changes:
+        raise UsageError(f"run folder {paths.root} holds a run of a different config (changed: "
+                         f"{checkpoints.describe_changes(changes)})",
+                         f"train with --fresh to start over in {cfg.run_dir.parent / next_free_name(cfg)}, "
+                         "or set another [output] name")
+
+
+def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool = False,
+             from_checkpoint: str | None = None, require_checkpoint: bool = False) -> RunPlan:
+    """Decide where and from which step this run trains (exit 2 on a conflict, before anything loads)."""
+    paths = RunPaths(cfg.run_dir)
+    if fresh:
+        if not has_content(paths.root):
+            return RunPlan(cfg, paths)
+        name = next_free_name(cfg)
+        moved = with_run_name(cfg, name)
+        return RunPlan(moved, RunPaths(moved.run_dir), renamed_from=cfg.output.name)
+    if not paths.root.exists():
+        if require_checkpoint or from_checkpoint:
+            raise UsageError(f"no run at {paths.root} to resume", "start it with: slothctl train")
+        return RunPlan(cfg, paths)
+    if not paths.root.is_dir():
+        raise UsageError(f"run folder {paths.root} is a file", "remove it or set another [output] name")
+    for removed in clean_incomplete(paths):
+        warning(emit, f"removed {removed.name}: an unfinished write (the process stopped while writing it)")
+    checkpoint = find_checkpoint(paths, from_checkpoint)
+    if checkpoint is None:
+        if require_checkpoint or force_resume:
+            raise UsageError(f"run {paths.root} has no complete checkpoint to resume from",
+                             "start it over with: slothctl train" + (" --fresh" if paths.config.is_file() else ""))
+        _compare_with_folder_config(cfg, paths)
+        return RunPlan(cfg, paths)
+    info = checkpoints.read_info(checkpoint)
+    changes = checkpoints.changed_keys(info["config"], cfg)
+    if changes and not force_resume:
+        raise UsageError(f"{checkpoint.name} of {paths.root} was written with a different config (changed: "
+                         f"{checkpoints.describe_changes(changes)})",
+                         f"undo the change, or pass --fresh to start over in {cfg.run_dir.parent / next_free_name(cfg)}"
+                         ", or --force-resume to continue with the new values")
+    shape = [key for key, _, _ in changes if key in checkpoints.SHAPE_KEYS]
+    if shape:
+        raise UsageError(f"--force-resume cannot change {', '.join(shape)}: the adapter in {checkpoint.name} "
+                         "has another shape", "pass --fresh to start over in a new folder")
+    if changes:
+        warning(emit, f"--force-resume: continuing from {checkpoint.name} with "
+                      f"{checkpoints.describe_changes(changes)}; the rest of the run differs from one "
+                      "trained with these values from the start")
+    return RunPlan(cfg, paths, checkpoint, info, forced=changes)
+
+
+def set_aside_newer(plan: RunPlan, emit: Emit) -> None:
+    """Resuming from an older checkpoint: newer ones are renamed, so they are neither resumed from
+    nor rotated, and nothing is deleted."""
+    for step, path in plan.paths.checkpoints():
+        if plan.resume_step is not None and step > plan.resume_step:
+            target = path.with_name(f"{path.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, target)
+            warning(emit, f"{path.name} is newer than {plan.checkpoint.name}: kept as {target.name}")
+
+
+def finished_summary(cfg: Config, paths: RunPaths, total_steps: int, data_hash: str) -> dict | None:
+    """summary.json of a run that already finished with this config (up to FREE_TO_CHANGE keys), this
+    data and this number of steps (or stopped early), else None."""
+    if not paths.summary.is_file() or not (paths.adapter / "adapter_config.json").is_file():
+        return None
+    try:
+        summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = summary.get("config_hash") == checkpoints.config_hash(cfg) and \
+        summary.get("data", {}).get("hash") == data_hash
+    ended = summary.get("steps") == total_steps or summary.get("stopped_early")
+    return summary if same and ended else None
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(root: Path) -> None:
+    """Exit 2 when the run folder cannot be created or written (tried for real: a file created and removed)."""
+    base = nearest_existing(root)
+    if not base.is_dir():
+        raise UsageError(f"cannot create the run folder {root}: {base} is a file, not a folder",
+                         "set [output] dir to a folder you can write to")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".slothctl-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {base} (needed for the run folder {root}): {exc.strerror}",
+                         "set [output] dir to a folder you can write to") from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_disk_space(cfg: Config, root: Path, model_path: str, optim: str) -> dict | None:
+    """Exit 2 when the disk cannot hold one more checkpoint and the final adapter (estimated from the
+    LoRA parameter count and the optimizer's state size). Returns the estimate."""
+    estimate = checkpoints.estimate_checkpoint_bytes(cfg, model_path, optim)
+    if estimate is None:
+        return None
+    free = shutil.disk_usage(nearest_existing(root)).free
+    if free < estimate["needed"]:
+        raise UsageError(
+            f"not enough disk space for {root}: {_size(free)} free, a checkpoint and the final adapter need about "
+            f"{_size(estimate['needed'])} (adapter {_size(estimate['adapter'])}, optimizer state "
+            f"{_size(estimate['optimizer'])})", "free some space or set [output] dir to a larger disk")
+    return estimate
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second slothctl on the same folder exits 2."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"run folder {root} is in use by another slothctl process",
+                             "wait for it to finish, or stop it (Ctrl-C saves a checkpoint)") from None
+        yield
+    finally:
+        handle.close()
+
+
+def resume_command(cfg: Config) -> str:
+    """The command that continues this run: `slothctl resume` plus whatever differs from the TOML file."""
+    parts = ["slothctl", "resume"]
+    source = cfg.source
+    if source is not None and source != (Path.cwd() / config_mod.DEFAULT_CONFIG_NAME).resolve():
+        try:
+            shown = source.relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = source
+        parts += ["-c", str(shown)]
+    try:
+        on_disk = config_mod.load(source).to_dict() if source is not None else None
+    except Exception:  # noqa: BLE001 - the file changed or vanished: the plain command still helps
+        on_disk = None
+    if on_disk is not None:
+        for section, values in cfg.to_dict().items():
+            for key, value in values.items():
+                if on_disk[section].get(key) != value:  # --set reads a string key's value as it is
+                    shown = value if isinstance(value, str) else config_mod.toml_value(value)
+                    parts += ["--set", f"{section}.{key}={shown}"]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,79 @@
+"""A `slothctl ... --json` training run in a subprocess whose events can be waited for, so a test can
+send it real signals (SIGKILL, SIGINT, SIGTERM) at a known point of training."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class TrainingProcess:
+    def __init__(self, *args: str, cwd: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "slothctl", *args, "--json"], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        self.events: list[dict] = []
+        self._lines: queue.Queue = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, lines: queue.Queue) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    def _pump_err(self) -> None:
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def wait_for(self, predicate, timeout: float = 600) -> dict:
+        """Read events until one satisfies `predicate`; returns it (fails if the process ends first)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self._lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(timeout=60)
+                raise AssertionError(f"process ended (rc {self.proc.returncode}) before the awaited event:\n"
+                                     f"{self.stderr[-3000:]}")
+            if line.strip():
+                event = json.loads(line)
+                self.events.append(event)
+                if predicate(event):
+                    return event
+        raise AssertionError(f"timed out waiting for an event; last: {self.events[-3:]}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 600) -> int:
+        """Wait for the end; collect the remaining events. Returns the exit code."""
+        rc = self.proc.wait(timeout=timeout)
+        while True:
+            try:
+                line = self._lines.get(timeout=10)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if line.strip():
+                self.events.append(json.loads(line))
+        time.sleep(0.2)  # let the stderr reader drain
+        return rc
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e.get("event") == kind]
