@@ -5,7 +5,8 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " init train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " data init train " == *" $w "* ]] && path="$w" ;;
+      "data") [[ " format inspect " == *" $w "* ]] && path="$path $w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +14,30 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "init train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "data init train" -- "$cur")); fi ;;
+    "data")
+      case "$prev" in
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "" -- "$cur"))
+      else COMPREPLY=($(compgen -W "format inspect" -- "$cur")); fi ;;
+    "data format")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --model) return ;;
+        --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json" -- "$cur"))
+      else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "data inspect")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --model) return ;;
+        --show) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json" -- "$cur"))
+      else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;

@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from slothctl import __version__
 from slothctl.cli import output
+from slothctl.cli.data import data_app
 from slothctl.cli.init import init
 from slothctl.cli.train import train
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
@@ -48,6 +49,7 @@ def root(
 
 
 app.command()(init)
+app.add_typer(data_app, name="data")
 app.command()(train)
 
 
