@@ -35,8 +35,8 @@ def trained_text(tok, prepared, i=0):
      "detected messages: column `messages` with role/content keys in 1/1 rows", "Hello!<|im_end|>\n"),
     ([{"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}], "messages",
      "detected messages: column `conversations` with role/content keys in 1/1 rows", "Yo<|im_end|>\n"),
-    ([{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Say hi", "input": "", "output": "hi"}],
-     "alpaca", "detected alpaca: columns `instruction` and `output` in 2/2 rows", "5<|im_end|>\n"),
+    ([{"instruction": "Add", "input": "2 and 3", "output": "5"},
+      {"instruction": "Say hi", "input": "", "output": "hi"}], "alpaca", "detected alpaca: columns `instruction` and `output` in 2/2 rows", "5<|im_end|>\n"),
     ([{"prompt": "Capital of Peru?", "completion": "Lima"}], "prompt_completion",
      "detected prompt_completion: columns `prompt` and `completion` in 1/1 rows", "Lima<|im_end|>\n"),
     ([{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}]}],
@@ -144,6 +144,11 @@ def test_num_proc_gives_the_same_tokens(tmp_path, embedded_model, tok, monkeypat
     three = run(tmp_path, embedded_model, tok, rows, num_proc=3)
     assert (one.tokens.ids == three.tokens.ids).all() and (one.tokens.trained == three.tokens.trained).all()
     assert one.report == three.report and [p.row for p in three.invalid] == [18]
+    rows[60] = sharegpt(("narrator", "Once"), ("gpt", "Hm"))
+    with pytest.raises(DataError) as failed:  # an error in a worker reaches the user whole
+        run(tmp_path, embedded_model, tok, rows, num_proc=3)
+    assert failed.value.one_line().startswith('d.jsonl:61 (row 61): unknown role "narrator"')
+    assert "(hint: fix the row" in failed.value.one_line()
 
 
 def test_hub_dataset_that_cannot_be_loaded_is_a_data_error(tmp_path, embedded_model):

@@ -207,3 +207,24 @@ def test_hf_tokenizer_gets_the_reported_pad_and_template_eos(tmp_path, embedded_
     template = choose_chat_template("llama-3", None, "<|end_of_text|>", lambda t: True)
     apply_template(llama, template)
     assert llama.eos_token == "<|eot_id|>" and llama.chat_template == template.source
+
+
+LOOP = "{% for message in messages %}X{% endfor %}"
+
+
+@pytest.mark.parametrize("template, verdict", [
+    (LOOP.replace("X", "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"), "opaque"),
+    (LOOP.replace("X", "{{ message.content | trim }}{% if message.content is string %}!{% endif %}"), "opaque"),
+    (LOOP.replace("X", "{{ message.content if loop.last else 'x' ~ message.content }}"), "opaque"),
+    (LOOP.replace("X", "{% if not message.content %}(empty){% endif %}{{ message.content }}"), "truthiness"),
+    (LOOP.replace("X", "{{ message.content.split('</think>')[-1] }}"), "inspected"),
+    (LOOP.replace("X", "{% if '</think>' in message['content'] %}R{% endif %}"), "inspected"),
+    (LOOP.replace("X", "{{ message.get('content') }}"), "inspected"),
+    (LOOP.replace("X", "{% set c %}{{ message.content }}{% endset %}{{ c | upper }}"), "inspected"),
+    (LOOP.replace("X", "{% filter upper %}{{ message.content }}{% endfilter %}"), "inspected"),
+    (LOOP.replace("X", "{% set c = message.content %}{{ c }}"), "inspected"),
+    (LOOP.replace("X", "{{ message | tojson }}"), "inspected"),
+    (LOOP.replace("X", "{{ message.content | upper }}"), "inspected"),
+])
+def test_content_use_is_conservative(template, verdict):
+    assert content_use(template) == verdict

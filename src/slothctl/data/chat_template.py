@@ -69,15 +69,17 @@ def render(template_source: str, messages: list[dict], *, add_generation_prompt:
 
 # What a template may do with a message's content and still be "opaque": pass it on through these
 # nodes to an output, trim it, or test its type (every content is a string, placeholders too).
-_PASS_THROUGH = ("Add", "Concat", "Output")
+_PASS_THROUGH = ("Add", "Concat")
 _TYPE_TESTS = {"string", "defined", "undefined", "none", "mapping", "iterable", "sequence"}
 _SHAPE_BLIND = {"items", "values", "tojson", "dictsort"}  # would expose contents without naming `content`
+_CAPTURING = ("AssignBlock", "FilterBlock", "CallBlock", "Macro")  # output that is captured, not emitted
 
 
 @functools.lru_cache(maxsize=8)
 def content_use(source: str) -> str:
     """How the template uses message contents: `opaque` (copied into the output, maybe trimmed),
-    `truthiness` (also tested for emptiness) or `inspected` (anything else: split, compared, ...)."""
+    `truthiness` (also tested for emptiness) or `inspected` (anything else: split, compared, captured,
+    filtered, passed to a macro). Only `opaque` and `truthiness` templates are cut per shape."""
     import jinja2.nodes as nodes
 
     try:
@@ -85,24 +87,29 @@ def content_use(source: str) -> str:
     except Exception:  # noqa: BLE001 - a template that does not parse is reported when rendered
         return "inspected"
     parents: dict[int, nodes.Node] = {}
-    reads = []
+    reads, named = [], []
     for node in tree.find_all(nodes.Node):
         for child in node.iter_child_nodes():
             parents[id(child)] = node
-        if isinstance(node, nodes.Getattr) and node.attr in _SHAPE_BLIND:
-            return "inspected"
-        if isinstance(node, nodes.Filter) and node.name in _SHAPE_BLIND:
+        if isinstance(node, (nodes.Getattr, nodes.Filter)) and getattr(node, "attr", getattr(node, "name", "")) \
+                in _SHAPE_BLIND:
             return "inspected"
         if isinstance(node, nodes.Getattr) and node.attr == "content":
             reads.append(node)
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and node.arg.value == "content":
             reads.append(node)
+        elif isinstance(node, nodes.Const) and node.value == "content":
+            named.append(node)
+    if any(not isinstance(parents.get(id(c)), nodes.Getitem) for c in named):
+        return "inspected"  # e.g. message.get('content')
     verdict = "opaque"
     for read in reads:
         node, parent = read, parents.get(id(read))
         while parent is not None:
             kind = type(parent).__name__
             if kind == "Output":
+                if _captured(parent, parents):
+                    return "inspected"
                 break
             if kind in ("If", "CondExpr") and parent.test is node:
                 verdict = "truthiness"
@@ -120,6 +127,14 @@ def content_use(source: str) -> str:
         else:
             return "inspected"
     return verdict
+
+
+def _captured(node, parents) -> bool:
+    while node is not None:
+        if type(node).__name__ in _CAPTURING:
+            return True
+        node = parents.get(id(node))
+    return False
 
 
 def _is_condition(node, parents) -> bool:

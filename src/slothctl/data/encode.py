@@ -69,8 +69,11 @@ class Tokenized:
         return np.diff(self.offsets)
 
     def trained_counts(self) -> np.ndarray:
-        running = np.concatenate([[0], np.cumsum(self.trained, dtype=np.int64)])
-        return running[self.offsets[1:]] - running[self.offsets[:-1]]
+        counts = np.zeros(len(self), dtype=np.int64)
+        filled = self.lengths > 0
+        if filled.any():
+            counts[filled] = np.add.reduceat(self.trained, self.offsets[:-1][filled], dtype=np.int64)
+        return counts
 
     def select(self, mask: np.ndarray) -> "Tokenized":
         lengths = self.lengths[mask]
@@ -170,7 +173,8 @@ class Segmenter:
 
     # The fast way: one plan per shape.
     def _plan(self, roles: tuple) -> _Plan | TemplateFailure | None:
-        placeholders = [{"role": role, "content": f"{_PAD_L}{_OPEN}{j}{_CLOSE}{_PAD_R}"} for j, role in enumerate(roles)]
+        placeholders = [{"role": role, "content": f"{_PAD_L}{_OPEN}{j}{_CLOSE}{_PAD_R}"}
+                        for j, role in enumerate(roles)]
         try:
             drawn = self.exact(placeholders)
         except TemplateFailure as exc:

@@ -98,7 +98,7 @@ def split_mask(n: int, eval_fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class _Chunk:
-    tokens: Tokenized
+    tokens: Tokenized | None
     row_numbers: list[int]
     problems: list[Problem]
     roles: Counter
@@ -119,7 +119,8 @@ class _Work:
 _WORK: _Work | None = None  # what forked workers read (inherited, never pickled)
 
 
-def _encode_range(work: _Work, start: int, stop: int) -> _Chunk:
+def _segment_range(work: _Work, start: int, stop: int) -> tuple[_Chunk, list]:
+    """Standardise and cut rows start..stop-1 (the Python half of the work)."""
     batch, numbers, problems, roles, turns, keys = [], [], [], Counter(), [], []
     standardise, segmenter = formats.standardise, work.segmenter
     for i in range(start, stop):
@@ -143,18 +144,45 @@ def _encode_range(work: _Work, start: int, stop: int) -> _Chunk:
             continue
         batch.append(segments)
         numbers.append(i + 1)
-    return _Chunk(tokenize(batch, work.tok, work.max_length), numbers, problems, roles, turns, keys)
+    return _Chunk(None, numbers, problems, roles, turns, keys), batch
 
 
-def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk:
-    return _encode_range(_WORK, *bounds)
+def _tokenize_into(chunk: _Chunk, batch: list, work: _Work) -> _Chunk:
+    chunk.tokens = tokenize(batch, work.tok, work.max_length)
+    return chunk
+
+
+def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk | tuple[str, str | None]:
+    try:
+        return _tokenize_into(*_segment_range(_WORK, *bounds), _WORK)
+    except DataError as exc:  # sent back as (message, hint): the hint would not survive pickling
+        return exc.message, exc.hint
+
+
+def _encode_in_process(work: _Work) -> list[_Chunk]:
+    """Chunk by chunk; the tokenizer (native code, free of the GIL) works on one chunk while Python
+    cuts the next."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks, pending = [], None
+    with ThreadPoolExecutor(1) as pool:
+        for start in range(0, len(work.rows), CHUNK):
+            chunk, batch = _segment_range(work, start, min(len(work.rows), start + CHUNK))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_tokenize_into, chunk, batch, work)
+            chunks.append(chunk)
+        if pending is not None:
+            pending.result()
+    return chunks
 
 
 def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
-    n = len(work.rows)
-    if num_proc <= 1 or n < 2 * CHUNK:
-        return [_encode_range(work, s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
     import multiprocessing
+
+    n = len(work.rows)
+    if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
+        return _encode_in_process(work)
     from concurrent.futures import ProcessPoolExecutor
 
     global _WORK
@@ -164,7 +192,11 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     _WORK = work
     try:
         with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_encode_in_worker, bounds))
+            results = list(pool.map(_encode_in_worker, bounds))
+        for result in results:
+            if isinstance(result, tuple):
+                raise DataError(*result)
+        return results
     finally:
         _WORK = None
 

@@ -173,7 +173,8 @@ def _kind(value) -> str:
 def read_local(path: Path) -> Rows:
     """All rows of a file or folder, in file-name order."""
     if not path.exists():
-        raise DataError(f"data source {path} does not exist", "check the path ([data] source is relative to the project file)")
+        raise DataError(f"data source {path} does not exist",
+                        "check the path ([data] source is relative to the project file)")
     files, skipped = source_files(path)
     rows: list[dict] = []
     origin: list[str] = []
@@ -189,7 +190,8 @@ def read_local(path: Path) -> Rows:
 def fingerprint_local(path: Path) -> dict:
     """The fingerprint `read_local` would give, from the files' bytes alone (no parsing)."""
     if not path.exists():
-        raise DataError(f"data source {path} does not exist", "check the path ([data] source is relative to the project file)")
+        raise DataError(f"data source {path} does not exist",
+                        "check the path ([data] source is relative to the project file)")
     files, _ = source_files(path)
     digests = []
     for file in files:
