@@ -152,7 +152,7 @@ BAD_INPUTS = {
                               ['chat_template = "llama-3" writes special tokens', "<|eot_id|>"]),
     "strict": ([sharegpt(("human", "Hi"), ("gpt", "Yo")), {"text": "stray"}], ["--strict"],
                ["1 row(s) would be dropped (strict): row 2 (bad.jsonl:2): `conversations` is missing"]),
-    "unreadable": ('{"text": "ok"}\n', ["--chmod"], ["bad.jsonl: cannot be read (permission denied)"]),
+    "unreadable": ('{"text": "ok"}\n', ["--unreadable"], ["bad.jsonl: cannot be read ("]),
 }
 
 
@@ -164,11 +164,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, env):
         write_jsonl(path, content)
     else:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    if "--chmod" in args:
-        if os.geteuid() == 0:
-            pytest.skip("root reads files whatever their permissions")
-        path.chmod(0)
-        args = [a for a in args if a != "--chmod"]
+    if "--unreadable" in args:
+        if os.geteuid() == 0:  # root reads any file whatever its permissions, but not this one
+            path.unlink()
+            path.symlink_to("/proc/self/mem")
+        else:
+            path.chmod(0)
+        args = [a for a in args if a != "--unreadable"]
     out = tmp_path / "review.jsonl"
     for command in ("inspect", "format"):
         extra = ["--out", str(out)] if command == "format" else []

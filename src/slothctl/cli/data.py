@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -58,7 +59,7 @@ def data_config(config: Path, sets: list[str] | None, source: Path | None, model
         from slothctl.data.sources import is_hub_id
 
         local = source.expanduser().exists() or not is_hub_id(str(source))
-        cfg.data.source = str(source.expanduser().resolve()) if local else str(source)
+        cfg.data.source = os.path.abspath(source.expanduser()) if local else str(source)  # links stay links
     if model is not None:
         cfg.model.name = model
     return cfg

@@ -20,8 +20,8 @@ from slothctl.config import Config
 from slothctl.data.pipeline import Prepared, load_rows, prepare, select_template, split_mask, strict_error
 from slothctl.data.report import Problem
 from slothctl.data.tokenizer import TextTokenizer
-from slothctl.errors import DataError
-from slothctl.events import Emit, ignore, status
+from slothctl.errors import DataError, UsageError
+from slothctl.events import Emit, ignore, status, warning
 
 __all__ = ["Prepared", "Problem", "formatted", "load_rows", "prepare", "select_template", "split_mask"]
 
@@ -36,9 +36,11 @@ def _key(cfg: Config, tok: TextTokenizer, fingerprint: dict) -> str:
     return cache.cache_key(cfg, fingerprint, tok, template)
 
 
-def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool | None = None) -> Prepared:
+def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool | None = None,
+              must_store: bool = False) -> Prepared:
     """The formatted dataset of this config: from the cache when an intact entry exists (a hit), else
-    prepared and stored (a miss). `prepared.cache` says which, and where."""
+    prepared and stored (a miss). `prepared.cache` says which, and where. A cache that cannot be
+    written is a warning (training goes on), or with `must_store` an error."""
     from slothctl.data import cache
     from slothctl.data.sources import fingerprint_source
 
@@ -53,7 +55,15 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
         return found
     prepared = prepare(cfg, tok, emit, strict)
     key = _key(cfg, tok, prepared.fingerprint)  # of the bytes actually read, should a file have changed since
-    path = cache.write(prepared, key)
+    try:
+        path = cache.write(prepared, key)
+    except OSError as exc:  # a full disk or read-only cache costs the caching, not the run
+        if must_store:
+            raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {exc.strerror or exc}",
+                             "set SLOTHCTL_DATA_CACHE to a writable folder") from None
+        warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {exc.strerror or exc}")
+        prepared.cache = {"key": key, "path": None, "hit": False}
+        return prepared
     prepared.cache = {"key": key, "path": str(path), "hit": False}
     status(emit, f"Formatted data: cache miss, stored in {path}", cache="miss", key=key)
     return prepared

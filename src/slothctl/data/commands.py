@@ -43,7 +43,7 @@ def format_data(cfg: Config, *, out: Path | None = None, strict: bool | None = N
     from slothctl.data import formatted
 
     tok = project_tokenizer(cfg, emit)
-    prepared = formatted(cfg, tok, emit, strict)
+    prepared = formatted(cfg, tok, emit, strict, must_store=True)
     report = prepared.report
     result = {
         "cache": prepared.cache["path"], "key": prepared.cache["key"], "hit": prepared.cache["hit"],

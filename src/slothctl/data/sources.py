@@ -201,24 +201,31 @@ def fingerprint_local(path: Path) -> dict:
     return {"files": digests}
 
 
-def read_hub(dataset_id: str, subset: str, split: str) -> Rows:
-    """A dataset from the Hugging Face hub (or its local cache) through `datasets.load_dataset`."""
+def _load_hub(dataset_id: str, subset: str, split: str):
     try:
         import datasets
     except ImportError:
         raise DataError("reading a hub dataset needs the `datasets` package", "pip install datasets") from None
     datasets.disable_progress_bars()
     try:
-        loaded = datasets.load_dataset(dataset_id, subset or None, split=split)
+        return datasets.load_dataset(dataset_id, subset or None, split=split)
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo or split: all mean "cannot load"
         raise DataError(f"cannot load hub dataset `{dataset_id}`"
                         f"{f' (subset {subset})' if subset else ''}, split `{split}`: {' '.join(str(exc).split())}",
                         "check the id, [data] subset/split and your network; a local path must exist "
                         "relative to the TOML") from None
+
+
+def _hub_fingerprint(loaded, dataset_id: str, subset: str, split: str) -> dict:
+    return {"hub": dataset_id, "subset": subset, "split": split, "fingerprint": getattr(loaded, "_fingerprint", None)}
+
+
+def read_hub(dataset_id: str, subset: str, split: str) -> Rows:
+    """A dataset from the Hugging Face hub (or its local cache) through `datasets.load_dataset`."""
+    loaded = _load_hub(dataset_id, subset, split)
     rows = loaded.to_list()
-    fingerprint = {"hub": dataset_id, "subset": subset, "split": split,
-                   "fingerprint": getattr(loaded, "_fingerprint", None)}
-    return Rows(rows, [f"{dataset_id}:{split}#{i + 1}" for i in range(len(rows))], fingerprint)
+    return Rows(rows, [f"{dataset_id}:{split}#{i + 1}" for i in range(len(rows))],
+                _hub_fingerprint(loaded, dataset_id, subset, split))
 
 
 def resolve_source(source: str, base: Path) -> Path | str:
@@ -237,4 +244,6 @@ def read_source(source: str, base: Path, subset: str = "", split: str = "train")
 
 def fingerprint_source(source: str, base: Path, subset: str = "", split: str = "train") -> dict:
     where = resolve_source(source, base)
-    return fingerprint_local(where) if isinstance(where, Path) else read_hub(where, subset, split).fingerprint
+    if isinstance(where, Path):
+        return fingerprint_local(where)
+    return _hub_fingerprint(_load_hub(where, subset, split), where, subset, split)
