@@ -33,7 +33,9 @@ def trained_text(tok, prepared, i=0):
      "detected sharegpt: column `conversations` with from/value keys in 2/2 rows", "Hello!<|im_end|>\n"),
     ([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}], "messages",
      "detected messages: column `messages` with role/content keys in 1/1 rows", "Hello!<|im_end|>\n"),
-    ([{"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}], "messages",
+    ([{"conversations": [{"role": "developer", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": [{"type": "text", "text": "Y"},
+                                                           {"type": "text", "text": "o"}]}]}], "messages",
      "detected messages: column `conversations` with role/content keys in 1/1 rows", "Yo<|im_end|>\n"),
     ([{"instruction": "Add", "input": "2 and 3", "output": "5"},
       {"instruction": "Say hi", "input": "", "output": "hi"}], "alpaca",
@@ -141,10 +143,11 @@ def test_num_proc_gives_the_same_tokens(tmp_path, embedded_model, tok, monkeypat
     monkeypatch.setattr(pipeline, "CHUNK", 16)  # several chunks and worker processes on a small file
     rows = [sharegpt(("human", f"Question {i}?"), ("gpt", f"Answer {i}." * (i % 5 + 1))) for i in range(100)]
     rows[17] = {"conversations": []}
+    rows[32:48] = [{"text": "a chunk without a single valid row"}] * 16
     one = run(tmp_path, embedded_model, tok, rows)
     three = run(tmp_path, embedded_model, tok, rows, num_proc=3)
     assert (one.tokens.ids == three.tokens.ids).all() and (one.tokens.trained == three.tokens.trained).all()
-    assert one.report == three.report and [p.row for p in three.invalid] == [18]
+    assert one.report == three.report and [p.row for p in three.invalid] == [18] + list(range(33, 49))
     rows[60] = sharegpt(("narrator", "Once"), ("gpt", "Hm"))
     with pytest.raises(DataError) as failed:  # an error in a worker reaches the user whole
         run(tmp_path, embedded_model, tok, rows, num_proc=3)

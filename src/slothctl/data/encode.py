@@ -237,6 +237,8 @@ def _merged(segments: Segments) -> Segments:
 
 def tokenize(batch: list[Segments], tok: TextTokenizer, max_length: int) -> Tokenized:
     """Tokenize many rows' segments in one batch call; truncate each row to max_length tokens."""
+    if not batch:
+        return Tokenized.concat([])
     flat = [text for segments in batch for text, _ in segments]
     flags = np.fromiter((trained for segments in batch for _, trained in segments), dtype=bool, count=len(flat))
     id_lists = tok.encode_batch(flat)

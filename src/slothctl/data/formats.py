@@ -23,7 +23,7 @@ from typing import Any, Callable
 from slothctl.errors import DataError
 
 ROLE_ALIASES = {
-    "system": "system",
+    "system": "system", "developer": "system",
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
     "function_call": "assistant",
@@ -181,9 +181,19 @@ def _turns(turns: Any, role_key: str, content_key: str) -> list[dict]:
             raise RowError(f"a turn lacks `{role_key}`")
         content = turn.get(content_key)
         if type(content) is not str:
-            raise RowError(f"a turn's `{content_key}` is not text")
+            content = _text_parts(content)
+            if content is None:
+                raise RowError(f"a turn's `{content_key}` is not text")
         messages.append({"role": _role(turn[role_key]), "content": content})
     return messages
+
+
+def _text_parts(content: Any) -> str | None:
+    """OpenAI-style content parts [{"type": "text", "text": ...}] joined into one text; None if not all text."""
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+    return "".join(texts) if len(texts) == len(content) and all(isinstance(t, str) for t in texts) else None
 
 
 def _text(row: dict, column: str, required: bool = True) -> str:
