@@ -10,6 +10,10 @@ TRAINED = "on dark_green"
 SPECIAL = "bold magenta"
 
 
+def _count(n: int, noun: str = "row") -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _rows(numbers: list[int], limit: int = 12) -> str:
     shown = ", ".join(map(str, numbers[:limit]))
     return shown + (f", … ({len(numbers)} in all)" if len(numbers) > limit else "")
@@ -20,7 +24,7 @@ def _summary(r: dict) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     template = r["chat_template"]
-    grid.add_row("source", f"{r['source']} ({r['rows']} rows)")
+    grid.add_row("source", f"{r['source']} ({_count(r['rows'])})")
     grid.add_row("format", r["detection"])
     if template:
         name = "the tokenizer's own" if template == "tokenizer" else template
@@ -34,7 +38,7 @@ def _summary(r: dict) -> Table:
     k = r["tokens"]
     grid.add_row("tokens", f"min {k['min']} · mean {k['mean']} · p50 {k['p50']} · p95 {k['p95']} · max {k['max']}")
     style = "yellow" if r["truncated"] else ""
-    grid.add_row("truncated", Text(f"{r['truncated']} rows ({r['truncated_pct']}%) longer than "
+    grid.add_row("truncated", Text(f"{_count(r['truncated'])} ({r['truncated_pct']}%) longer than "
                                    f"max_seq_length {r['max_seq_length']}", style=style))
     what = "assistant replies only" if r["train_on_responses_only"] and template else "all tokens"
     grid.add_row("trained", f"{100 * r['trained_token_fraction']:.1f}% of tokens ({what})")
@@ -43,12 +47,13 @@ def _summary(r: dict) -> Table:
     for label, numbers in (("empty", r["empty"]), ("invalid", invalid), ("no reply", r["no_trained_tokens"])):
         if numbers:
             reason = problems[numbers[0]]["reason"]
-            grid.add_row(label, Text(f"{len(numbers)} rows dropped: {_rows(numbers)} "
+            grid.add_row(label, Text(f"{_count(len(numbers))} dropped: {_rows(numbers)} "
                                      f"(row {numbers[0]}, {problems[numbers[0]]['origin']}: {reason})", style="yellow"))
     if not r["problems"]:
         grid.add_row("dropped", "none")
     dup = r["duplicates"]
-    grid.add_row("duplicates", Text(f"{dup['count']} rows repeat an earlier row: {_rows(dup['rows'])}", style="yellow")
+    grid.add_row("duplicates", Text(f"{_count(dup['count'])} repeating an earlier row: {_rows(dup['rows'])}",
+                                    style="yellow")
                  if dup["count"] else "none")
     split = f"{r['train_rows']} train · {r['eval_rows']} eval"
     if r["eval_fraction"]:
