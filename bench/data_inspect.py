@@ -3,10 +3,11 @@
     python bench/data_inspect.py                 # 100,000 rows, the embedded model's tokenizer
     python bench/data_inspect.py --rows 20000 --keep /tmp/sharegpt.jsonl --set data.num_proc=2
 
-Rows are 1-3 human/gpt exchanges (30% with a system prompt) of a few sentences each: about 140
-tokens and 870 bytes a row, like common chat SFT data. The command runs in a fresh process as a
-user would run it (start-up, reading, rendering, tokenizing, masking, report); the time is wall
-time, so measure on a quiet machine.
+Rows are 1-3 human/gpt exchanges (30% with a system prompt) of a few sentences each: about 175
+tokens a row with the embedded model's chat template (870 bytes of JSON), like common chat SFT
+data. The command runs in a fresh process as a user would run it (start-up, reading, rendering,
+tokenizing, masking, report); the time is wall time, so measure on a quiet machine (tokenizing is
+most of it, and it uses every core).
 """
 
 from __future__ import annotations
