@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,11 @@ def main() -> None:
             generate(path, args.rows)
         command = [sys.executable, "-m", "slothctl", "data", "inspect", str(path), "--model", args.model, "--json",
                    "--set", "data.max_rows=0"] + [a for s in args.sets for a in ("--set", s)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ}, cwd=tmp)
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     if proc.returncode != 0:
         sys.exit(f"data inspect failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -70,7 +73,8 @@ def main() -> None:
                       "rows_per_s": round(rows / seconds), "tokens_per_s": round(tokens / seconds),
                       "target": f"{TARGET_ROWS} rows in {TARGET_SECONDS:.0f} s",
                       "time_vs_target": round(seconds / budget, 2), "meets_target": seconds <= budget,
-                      "cpus": os.cpu_count()}))
+                      "cpu_seconds": round(cpu_seconds, 1), "cpus": os.cpu_count(),
+                      "load_average": [round(x, 2) for x in os.getloadavg()]}))
 
 
 if __name__ == "__main__":
