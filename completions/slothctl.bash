@@ -5,7 +5,8 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " chat init push resume train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " chat data init push resume train " == *" $w "* ]] && path="$w" ;;
+      "data") [[ " format inspect " == *" $w "* ]] && path="$path $w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +14,7 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "chat init push resume train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "chat data init push resume train" -- "$cur")); fi ;;
     "chat")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -33,6 +34,29 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json" -- "$cur"))
       fi ;;
+    "data")
+      case "$prev" in
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "" -- "$cur"))
+      else COMPREPLY=($(compgen -W "format inspect" -- "$cur")); fi ;;
+    "data format")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --model) return ;;
+        --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json" -- "$cur"))
+      else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "data inspect")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --model) return ;;
+        --show) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json" -- "$cur"))
+      else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;

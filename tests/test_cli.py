@@ -27,8 +27,10 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"],
-                                  ["resume", "--help"], ["chat", "--help"], ["push", "--help"]],
-                         ids=["help", "init-help", "version", "train-help", "resume-help", "chat-help", "push-help"])
+                                  ["resume", "--help"], ["chat", "--help"], ["push", "--help"],
+                                  ["data", "--help"], ["data", "inspect", "--help"], ["data", "format", "--help"]],
+                         ids=["help", "init-help", "version", "train-help", "resume-help", "chat-help", "push-help",
+                              "data-help", "data-inspect-help", "data-format-help"])
 def test_help_and_version_import_nothing_heavy(args):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, timeout=60)

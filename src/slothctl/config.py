@@ -92,19 +92,24 @@ class DataConfig:
                       "(relative to this file), or a hub dataset id `org/name`.")
     format: str = key("auto", "Row format; `auto` detects it from the columns.",
                       choices=("auto", "sharegpt", "messages", "alpaca", "prompt_completion", "text"))
-    split: str = key("train", "Split of a hub dataset to use.")
+    split: str = key("train", "Split of a hub dataset to use (local files have no splits).")
     subset: str = key("", "Subset (configuration) of a hub dataset; empty for the default.")
     columns: dict[str, str] = key({}, "Rename columns before detection, e.g. `{ question = \"instruction\" }`.")
-    chat_template: str = key("auto", "Chat template: `auto` uses the tokenizer's own (chatml when it has none); "
-                             "`chatml`, `llama-3` or `alpaca` force one. Saved with the adapter.",
+    chat_template: str = key("auto", "Chat template: `auto` uses the tokenizer's own; for a tokenizer without one "
+                             "(a base model), the first bundled template whose special tokens it has (chatml, "
+                             "llama-3), else alpaca. `chatml`, `llama-3` or `alpaca` force one (refused when the "
+                             "tokenizer lacks its special tokens). Saved with the adapter.",
                              choices=("auto", "chatml", "llama-3", "alpaca"))
     train_on_responses_only: bool = key(True, "Compute the loss on assistant replies only, not on prompts.",
                                         unsloth="same as the notebooks' train_on_responses_only")
     eval_fraction: float = key(0.0, "Fraction of rows held out for evaluation (0 = no evaluation).",
                                min=0.0, max=0.5)
     seed: int = key(3407, "Seed of the train/eval split.", min=0)
-    num_proc: int = key(1, "Processes used to tokenize (1 = in process).", min=1, max=256)
+    num_proc: int = key(1, "Processes that render and tokenize (1 = in process; tokenization itself already "
+                        "uses every core). Worth it for datasets of 100k rows and more.", min=1, max=256)
     max_rows: int = key(0, "Use only the first N rows (0 = all). Handy for a quick trial.", min=0)
+    strict: bool = key(False, "Stop with an error instead of dropping rows that are invalid, empty or have "
+                       "nothing to train on (they are always counted and reported).")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 from slothctl import __version__, backends, checkpoints, config as config_mod, models, tracking
 from slothctl.config import Config
-from slothctl.data import Prepared, prepare
+from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
 from slothctl.errors import Interrupted, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
@@ -181,18 +181,21 @@ def make_run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool):
 
 
 def _prepare_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
+    """The formatted dataset from the data cache (`slothctl data format` fills it), else formatted now and cached."""
     status(emit, f"Reading {cfg.data.source}")
     tok = load_text_tokenizer(model_path, cfg.model.revision)
-    data = prepare(cfg, tok, emit)
+    data = formatted(cfg, tok, emit)
     status(emit, f"{len(data.train)} training rows, {len(data.eval)} eval rows "
-                 f"({len(data.invalid)} invalid, {data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
+                 f"({len(data.invalid)} invalid, {len(data.no_trained_tokens)} without trained tokens, "
+                 f"{data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
     return data
 
 
 def _save_adapter(model, tokenizer, cfg: Config, data: Prepared, backend: str, paths: RunPaths) -> None:
     """The final adapter with the tokenizer and the chat template used in training, written atomically."""
-    if data.template is not None:
-        tokenizer.chat_template = data.template.source
+    from slothctl.data.templates import apply_template
+
+    apply_template(tokenizer, data.template)  # the template trained with, its end-of-turn token as eos
     with atomic_dir(paths.adapter, replace=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -49,6 +49,9 @@ def load(cfg: Config, model_path: str, emit: Emit = ignore):
         )
     except OSError as exc:
         raise UsageError(f"cannot load model `{cfg.model.name}`: {exc}") from None
+    from slothctl.data.templates import configure_hf_tokenizer
+
+    configure_hf_tokenizer(cfg, tokenizer, model)  # a pad token distinct from eos, as `data inspect` reports
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 

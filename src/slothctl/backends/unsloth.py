@@ -52,7 +52,11 @@ def load(cfg: Config, model_path: str, emit: Emit = ignore):
         )
     except OSError as exc:
         raise UsageError(f"cannot load model `{cfg.model.name}`: {exc}") from None
-    return model, hf.load_tokenizer(cfg, model_path)
+    from slothctl.data.templates import configure_hf_tokenizer
+
+    tokenizer = hf.load_tokenizer(cfg, model_path)
+    configure_hf_tokenizer(cfg, tokenizer, model)  # the same pad token as the hf backend and `data inspect`
+    return model, tokenizer
 
 
 def add_lora(model, cfg: Config):

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from slothctl import __version__
 from slothctl.cli import output
 from slothctl.cli.chat import chat
+from slothctl.cli.data import data_app
 from slothctl.cli.init import init
 from slothctl.cli.push import push
 from slothctl.cli.resume import resume
@@ -51,6 +52,7 @@ def root(
 
 
 app.command()(init)
+app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(resume)
 app.command()(chat)

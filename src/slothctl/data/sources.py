@@ -1,77 +1,249 @@
-"""Reading rows from where the data lives. Every row keeps its 1-based number in the source so
-that messages can point at it.
+"""Reading rows from where the data lives: local files, folders of them, or a hub dataset.
+
+Every row keeps where it came from ("train.jsonl:7", "part-0.parquet#12") so that messages can
+point at it, and every source has a fingerprint (the files' content hashes, or the hub dataset's
+own fingerprint) that keys the formatted-data cache.
+
+File types: .jsonl (one object per line), .json (a list of objects, or one {"key": [...]}),
+.csv (a header row, then one row per record), .parquet, and .txt: one `text` row per paragraph
+(blank lines separate paragraphs), the usual unit for continued pre-training with packing.
+Folders are read recursively in name order; hidden files and other file types are skipped.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from slothctl.errors import DataError
 
-LOCAL_SUFFIXES = (".jsonl", ".json")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
 class Rows:
     rows: list[dict]
-    origin: list[str]  # "file:line" for each row, for messages
-    files: list[Path]  # local files read (for cache keys); empty for hub datasets
+    origin: list[str]  # where each row came from, for messages
+    fingerprint: dict = field(default_factory=dict)  # what the rows were read from (cache key)
+    skipped: list[str] = field(default_factory=list)  # files of a folder that were not read
 
 
-def _read_jsonl(path: Path, rows: list[dict], origin: list[str]) -> None:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}: malformed JSON ({exc.msg} at column {exc.colno})",
-                                "each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-            origin.append(f"{path.name}:{number}")
+def is_hub_id(source: str) -> bool:
+    return bool(HUB_ID.match(source)) and not source.lower().endswith(SUFFIXES)
 
 
-def _read_json(path: Path, rows: list[dict], origin: list[str]) -> None:
+def source_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """The data files of a file or folder (and, for a folder, the files skipped)."""
+    if not path.is_dir():
+        if path.suffix.lower() not in SUFFIXES:
+            raise DataError(f"{path}: unsupported file type `{path.suffix or path.name}`",
+                            f"use one of: {', '.join(SUFFIXES)}")
+        return [path], []
+    files, skipped = [], []
+    for candidate in sorted(path.rglob("*")):
+        relative = candidate.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts) or candidate.is_dir():
+            continue
+        (files if candidate.suffix.lower() in SUFFIXES else skipped).append(candidate)
+    if not files:
+        raise DataError(f"folder {path} holds no data files", f"supported: {', '.join(SUFFIXES)}")
+    return files, skipped
+
+
+def _read_bytes(file: Path) -> bytes:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return file.read_bytes()
+    except PermissionError:
+        raise DataError(f"{file}: cannot be read (permission denied)") from None
+    except IsADirectoryError:
+        raise DataError(f"{file}: is a folder, not a data file") from None
+    except OSError as exc:
+        raise DataError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _decode(file: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{file}: line {line}: not UTF-8 text (byte {exc.start})",
+                        "save the file as UTF-8") from None
+
+
+def _jsonl(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+    loads = json.loads
+    for number, line in enumerate(_decode(file, data).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}: line {number}: malformed JSON ({exc.msg} at column {exc.colno})",
+                            "each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{file}: line {number}: expected a JSON object, got {_kind(row)}",
+                            "each line must be one JSON object")
+        rows.append(row)
+        origin.append(f"{name}:{number}")
+
+
+def _json(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+    try:
+        value = json.loads(_decode(file, data))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
-    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
-        lists = [v for v in data.values() if isinstance(v, list)]
-        data = lists[0] if len(lists) == 1 else None
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a JSON list of objects")
-    rows.extend(data)
-    origin.extend(f"{path.name}[{i}]" for i in range(len(data)))
+        raise DataError(f"{file}: line {exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(value, dict):  # {"data": [...]} or {"train": [...]}
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 else value
+    if not isinstance(value, list):
+        raise DataError(f"{file}: expected a JSON list of objects, got {_kind(value)}",
+                        "write a list [{...}, {...}] or use .jsonl, one object per line")
+    for index, row in enumerate(value):
+        if not isinstance(row, dict):
+            raise DataError(f"{file}: item {index + 1}: expected a JSON object, got {_kind(row)}")
+        rows.append(row)
+        origin.append(f"{name}#{index + 1}")
 
 
-READERS = {".jsonl": _read_jsonl, ".json": _read_json}
+def _csv(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+    reader = csv.DictReader(io.StringIO(_decode(file, data), newline=""))
+    try:
+        header = reader.fieldnames
+        if not header:
+            return
+        if any(not (col or "").strip() for col in header):
+            raise DataError(f"{file}: line 1: the header has an empty column name")
+        line = reader.line_num
+        for record in reader:
+            start, line = line + 1, reader.line_num
+            if None in record:
+                raise DataError(f"{file}: line {start}: {len(header) + len(record[None])} fields, but the "
+                                f"header has {len(header)}", "quote fields that contain commas")
+            rows.append({k: v for k, v in record.items() if v is not None})
+            origin.append(f"{name}:{start}")
+    except csv.Error as exc:
+        raise DataError(f"{file}: line {reader.line_num}: malformed CSV ({exc})") from None
+
+
+def _txt(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+    paragraph: list[str] = []
+    start = 0
+    for number, line in enumerate(_decode(file, data).split("\n"), start=1):
+        if line.strip():
+            if not paragraph:
+                start = number
+            paragraph.append(line.rstrip("\r"))
+        elif paragraph:
+            rows.append({"text": "\n".join(paragraph)})
+            origin.append(f"{name}:{start}")
+            paragraph = []
+    if paragraph:
+        rows.append({"text": "\n".join(paragraph)})
+        origin.append(f"{name}:{start}")
+
+
+def _parquet(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{file}: not a readable parquet file ({' '.join(str(exc).split())})") from None
+    records = table.to_pylist()
+    rows.extend(records)
+    origin.extend(f"{name}#{i + 1}" for i in range(len(records)))
+
+
+READERS: dict[str, Callable] = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet,
+                                ".txt": _txt}
+
+
+def _kind(value) -> str:
+    return {list: "a list", dict: "an object", str: "a string", type(None): "null"}.get(type(value), "a number")
 
 
 def read_local(path: Path) -> Rows:
+    """All rows of a file or folder, in file-name order."""
     if not path.exists():
-        raise DataError(f"data source {path} does not exist", "check [data] source (relative to the TOML)")
-    files = sorted(p for p in path.iterdir() if p.suffix in READERS) if path.is_dir() else [path]
-    if path.is_dir() and not files:
-        raise DataError(f"folder {path} holds no {', '.join(READERS)} files")
+        raise DataError(f"data source {path} does not exist",
+                        "check the path ([data] source is relative to the project file)")
+    files, skipped = source_files(path)
     rows: list[dict] = []
     origin: list[str] = []
+    digests = []
     for file in files:
-        reader = READERS.get(file.suffix.lower())
-        if reader is None:
-            raise DataError(f"{file}: unsupported file type `{file.suffix}`",
-                            f"use one of: {', '.join(READERS)}")
-        try:
-            reader(file, rows, origin)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
-        except PermissionError:
-            raise DataError(f"{file}: cannot be read (permission denied)") from None
-        except IsADirectoryError:
-            raise DataError(f"{file}: is a folder") from None
-    return Rows(rows, origin, files)
+        data = _read_bytes(file)
+        name = str(file.relative_to(path)) if path.is_dir() else file.name
+        READERS[file.suffix.lower()](file, name, data, rows, origin)
+        digests.append([name, len(data), hashlib.sha256(data).hexdigest()])
+    return Rows(rows, origin, {"files": digests}, [str(p.relative_to(path)) for p in skipped])
+
+
+def fingerprint_local(path: Path) -> dict:
+    """The fingerprint `read_local` would give, from the files' bytes alone (no parsing)."""
+    if not path.exists():
+        raise DataError(f"data source {path} does not exist",
+                        "check the path ([data] source is relative to the project file)")
+    files, _ = source_files(path)
+    digests = []
+    for file in files:
+        data = _read_bytes(file)
+        name = str(file.relative_to(path)) if path.is_dir() else file.name
+        digests.append([name, len(data), hashlib.sha256(data).hexdigest()])
+    return {"files": digests}
+
+
+def _load_hub(dataset_id: str, subset: str, split: str):
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a hub dataset needs the `datasets` package", "pip install datasets") from None
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(dataset_id, subset or None, split=split)
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo or split: all mean "cannot load"
+        raise DataError(f"cannot load hub dataset `{dataset_id}`"
+                        f"{f' (subset {subset})' if subset else ''}, split `{split}`: {' '.join(str(exc).split())}",
+                        "check the id, [data] subset/split and your network; a local path must exist "
+                        "relative to the TOML") from None
+
+
+def _hub_fingerprint(loaded, dataset_id: str, subset: str, split: str) -> dict:
+    return {"hub": dataset_id, "subset": subset, "split": split, "fingerprint": getattr(loaded, "_fingerprint", None)}
+
+
+def read_hub(dataset_id: str, subset: str, split: str) -> Rows:
+    """A dataset from the Hugging Face hub (or its local cache) through `datasets.load_dataset`."""
+    loaded = _load_hub(dataset_id, subset, split)
+    rows = loaded.to_list()
+    return Rows(rows, [f"{dataset_id}:{split}#{i + 1}" for i in range(len(rows))],
+                _hub_fingerprint(loaded, dataset_id, subset, split))
+
+
+def resolve_source(source: str, base: Path) -> Path | str:
+    """A local path (relative to `base`) when it exists or looks like a file, else a hub id."""
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else base / path
+    if path.exists() or not is_hub_id(source):
+        return path
+    return source
+
+
+def read_source(source: str, base: Path, subset: str = "", split: str = "train") -> Rows:
+    where = resolve_source(source, base)
+    return read_local(where) if isinstance(where, Path) else read_hub(where, subset, split)
+
+
+def fingerprint_source(source: str, base: Path, subset: str = "", split: str = "train") -> dict:
+    where = resolve_source(source, base)
+    if isinstance(where, Path):
+        return fingerprint_local(where)
+    return _hub_fingerprint(_load_hub(where, subset, split), where, subset, split)

@@ -6,6 +6,7 @@ library, its special tokens and its chat template, without importing transformer
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,13 @@ class TextTokenizer:
     bos_token: str | None
     eos_token: str | None
     pad_token: str | None
-    special_tokens: set[str] = field(default_factory=set)
+    unk_token: str | None = None
+    special_tokens: list[str] = field(default_factory=list)  # added special tokens, in id order
+    digest: str = ""  # content hash of the tokenizer files (part of the data cache key)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -41,6 +45,11 @@ class TextTokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
+
+    def has_token(self, token: str) -> bool:
+        """Whether `token` is one token of the vocabulary (so the template's text maps onto it)."""
+        token_id = self.token_to_id(token)
+        return token_id is not None and self.encode(token) == [token_id]
 
     @property
     def eos_id(self) -> int | None:
@@ -76,6 +85,10 @@ def load_text_tokenizer(model_path: str, revision: str = "") -> TextTokenizer:
                          "save the tokenizer with transformers' save_pretrained, which writes one")
     from tokenizers import Tokenizer
 
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            digest.update(f"{name}\0".encode() + (folder / name).read_bytes() + b"\0")
     backend = Tokenizer.from_file(str(tokenizer_json))
     config = {}
     if (folder / "tokenizer_config.json").is_file():
@@ -88,12 +101,14 @@ def load_text_tokenizer(model_path: str, revision: str = "") -> TextTokenizer:
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if isinstance(template, list):  # named templates: use the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    specials = {tok.content for tok in backend.get_added_tokens_decoder().values() if tok.special}
+    added = sorted(backend.get_added_tokens_decoder().items())
     return TextTokenizer(
         backend=backend,
         chat_template=template,
         bos_token=_token_text(config.get("bos_token")),
         eos_token=_token_text(config.get("eos_token")),
         pad_token=_token_text(config.get("pad_token")),
-        special_tokens=specials,
+        unk_token=_token_text(config.get("unk_token")),
+        special_tokens=[tok.content for _, tok in added if tok.special],
+        digest=digest.hexdigest(),
     )

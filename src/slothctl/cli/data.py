@@ -1,0 +1,113 @@
+"""`slothctl data inspect` and `slothctl data format`: see and prepare exactly what `train` will use."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+
+data_app = typer.Typer(name="data", help="Look at the training data and format it once for train.",
+                       no_args_is_help=True)
+
+SourceArgument = Annotated[Optional[Path], typer.Argument(
+    help="Data file or folder to use instead of the project's data.source (relative to here).", show_default=False)]
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="Model whose tokenizer and chat template to use (needed without a project file).")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Fail on rows that would be dropped (invalid, empty, nothing to train on).")]
+
+
+@contextlib.contextmanager
+def progress(out) -> Iterator:
+    """An `emit` for the data commands: warnings on stderr; progress only as a transient spinner on a
+    terminal, since the result repeats what matters (detection, cache) and an error must stay one line."""
+    def warn(event) -> None:
+        if event.kind == "warning":
+            out.err.print(f"[yellow]warning:[/] {event.message}")
+
+    if out.json_mode or not out.err.is_terminal:
+        yield warn
+        return
+    with out.err.status("Reading the data…") as spinner:
+        def emit(event) -> None:
+            warn(event)
+            if event.kind == "status" and event.message:
+                spinner.update(event.message)
+
+        yield emit
+
+
+def data_config(config: Path, sets: list[str] | None, source: Path | None, model: str | None):
+    """The project config, with SOURCE and --model on top; without a project file, SOURCE + --model."""
+    from slothctl import config as config_mod
+    from slothctl.errors import UsageError
+
+    if config.exists() or source is None:
+        cfg = load_config(config, sets)
+    elif model is None:
+        raise UsageError(f"no project file {config} to take the model from",
+                         "pass --model NAME (e.g. --model embedded:smollm2-135m), or --config PATH")
+    else:
+        raw = config_mod.apply_overrides({"model": {"name": model}, "data": {"source": str(source)}}, sets or [])
+        cfg = config_mod.build(raw, "command line")
+    if source is not None:
+        from slothctl.data.sources import is_hub_id
+
+        local = source.expanduser().exists() or not is_hub_id(str(source))
+        cfg.data.source = os.path.abspath(source.expanduser()) if local else str(source)  # links stay links
+    if model is not None:
+        cfg.model.name = model
+    return cfg
+
+
+def inspect(
+    source: SourceArgument = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    sets: SetOption = None,
+    model: ModelOption = None,
+    show: Annotated[int, typer.Option("--show", min=0, metavar="N",
+                                      help="Render N examples with the trained tokens highlighted.")] = 0,
+    strict: StrictOption = False,
+    json_mode: JsonOption = False,
+) -> None:
+    """Report what the model will be trained on: format, roles, token lengths, truncation, mask, problems."""
+    out = start(json_mode)
+    cfg = data_config(config, sets, source, model)
+    from slothctl.data.commands import inspect as inspect_data
+
+    with progress(out) as emit:
+        report = inspect_data(cfg, show=show, strict=strict or None, emit=emit)
+    from slothctl.cli.data_view import render_report
+
+    out.result(report, render_report(report))
+
+
+def format(  # noqa: A001 - the command's name
+    source: SourceArgument = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    sets: SetOption = None,
+    model: ModelOption = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="FILE.jsonl",
+                                                     help="Also write the rendered texts there, for review.")] = None,
+    strict: StrictOption = False,
+    json_mode: JsonOption = False,
+) -> None:
+    """Format and tokenize the data into the cache that train uses (a hit when nothing changed)."""
+    out = start(json_mode)
+    cfg = data_config(config, sets, source, model)
+    from slothctl.data.commands import format_data
+
+    with progress(out) as emit:
+        result = format_data(cfg, out=out_file, strict=strict or None, emit=emit)
+    from slothctl.cli.data_view import render_format
+
+    out.result(result, render_format(result))
+
+
+data_app.command("inspect")(inspect)
+data_app.command("format")(format)

@@ -1,0 +1,93 @@
+"""What `slothctl data inspect` and `slothctl data format` do, as library functions returning JSON-ready dicts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from slothctl import models
+from slothctl.config import Config
+from slothctl.data import formats
+from slothctl.data.encode import Segmenter
+from slothctl.data.pipeline import Prepared, load_rows, prepare
+from slothctl.data.tokenizer import TextTokenizer, load_text_tokenizer
+from slothctl.events import Emit, ignore, status
+
+
+def project_tokenizer(cfg: Config, emit: Emit = ignore) -> TextTokenizer:
+    """The tokenizer of [model] name (the embedded model is converted on first use)."""
+    resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    return load_text_tokenizer(resolved.path, cfg.model.revision)
+
+
+def inspect(cfg: Config, *, show: int = 0, strict: bool | None = None, emit: Emit = ignore) -> dict:
+    """The report on the configured dataset (see report.py), plus `show` examples token by token."""
+    from slothctl.data import _key, cache
+    from slothctl.data.examples import examples
+
+    tok = project_tokenizer(cfg, emit)
+    prepared = prepare(cfg, tok, emit, strict)
+    report = {"model": cfg.model.name, **prepared.report}
+    key = _key(cfg, tok, prepared.fingerprint)
+    report["cache"] = {"key": key, "formatted": (cache.cache_dir() / key / "manifest.json").is_file()}
+    if show:
+        report["examples"] = examples(prepared, tok, show)
+    return report
+
+
+def format_data(cfg: Config, *, out: Path | None = None, strict: bool | None = None, emit: Emit = ignore) -> dict:
+    """Format and tokenize into the cache (or find it there); with `out`, also write the rendered texts."""
+    from slothctl.data import formatted
+
+    tok = project_tokenizer(cfg, emit)
+    prepared = formatted(cfg, tok, emit, strict, must_store=True)
+    report = prepared.report
+    result = {
+        "cache": prepared.cache["path"], "key": prepared.cache["key"], "hit": prepared.cache["hit"],
+        "rows": report["rows"], "format": report["format"], "chat_template": report["chat_template"],
+        "train_rows": report["train_rows"], "eval_rows": report["eval_rows"], "invalid": len(report["invalid"]),
+        "no_trained_tokens": len(report["no_trained_tokens"]), "truncated": report["truncated"],
+        "max_seq_length": report["max_seq_length"], "tokens": report["tokens"],
+        "trained_token_fraction": report["trained_token_fraction"],
+    }
+    if out is not None:
+        written = write_rendered(cfg, tok, prepared, Path(out), emit)
+        result["out"] = str(written)
+    return result
+
+
+def write_rendered(cfg: Config, tok: TextTokenizer, prepared: Prepared, out: Path, emit: Emit = ignore) -> Path:
+    """One JSON line per kept row: its number, origin, split, token count and the rendered text with
+    the trained parts listed. Written to a temporary file and renamed, so never half written."""
+    source = load_rows(cfg)
+    template = prepared.template
+    end = template.end_of_turn if template else tok.eos_token
+    segmenter = Segmenter(template.source if template else None, end, tok, cfg.data.train_on_responses_only)
+    tokens = prepared.tokens
+    out = out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for i, row in enumerate(prepared.row_numbers.tolist()):
+                standard = formats.standardise(prepared.format, source.rows[row - 1])
+                segments = segmenter.text(standard) if isinstance(standard, str) else segmenter.conversation(standard)
+                length = int(tokens.offsets[i + 1] - tokens.offsets[i])
+                handle.write(json.dumps({
+                    "row": row, "origin": source.origin[row - 1], "split": "eval" if prepared.is_eval[i] else "train",
+                    "tokens": length, "truncated": bool(tokens.full_lengths[i] > length),
+                    "text": "".join(text for text, _ in segments),
+                    "trained": [text for text, trained in segments if trained and text]},
+                    ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    status(emit, f"Wrote {len(prepared.row_numbers)} rendered rows to {out}")
+    return out
