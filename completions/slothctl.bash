@@ -5,7 +5,8 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " init train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " doctor export init merge train " == *" $w "* ]] && path="$w" ;;
+      "export") [[ " gguf merged prepare " == *" $w "* ]] && path="$path $w" ;;
     esac
   done
   case "$path" in
@@ -13,7 +14,48 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "init train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "doctor export init merge train" -- "$cur")); fi ;;
+    "doctor")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json" -- "$cur"))
+      fi ;;
+    "export")
+      case "$prev" in
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "" -- "$cur"))
+      else COMPREPLY=($(compgen -W "gguf merged prepare" -- "$cur")); fi ;;
+    "export gguf")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --quant|-q) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --merged) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --json" -- "$cur"))
+      fi ;;
+    "export merged")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      fi ;;
+    "export prepare")
+      case "$prev" in
+        --sdist) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json" -- "$cur"))
+      fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;
@@ -24,6 +66,17 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "merge")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;

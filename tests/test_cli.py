@@ -26,8 +26,10 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"]],
-                         ids=["help", "init-help", "version", "train-help"])
+@pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"],
+                                  ["merge", "--help"], ["export", "gguf", "--help"], ["doctor", "--help"]],
+                         ids=["help", "init-help", "version", "train-help", "merge-help", "export-gguf-help",
+                              "doctor-help"])
 def test_help_and_version_import_nothing_heavy(args):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, timeout=60)

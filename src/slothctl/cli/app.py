@@ -18,7 +18,10 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from slothctl import __version__
 from slothctl.cli import output
+from slothctl.cli.doctor import doctor
+from slothctl.cli.export import export_app
 from slothctl.cli.init import init
+from slothctl.cli.merge import merge
 from slothctl.cli.train import train
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
 
@@ -49,6 +52,9 @@ def root(
 
 app.command()(init)
 app.command()(train)
+app.command()(merge)
+app.add_typer(export_app, name="export")
+app.command()(doctor)
 
 
 def command() -> Command:
