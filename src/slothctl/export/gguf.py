@@ -342,9 +342,11 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
 def gguf_check_summary(result: dict) -> str:
     parts = []
     for name, item in result.get("files", {}).items():
-        greedy = sum(item["greedy_matches"])
-        parts.append(f"{name}: tokens {'ok' if item['tokenization_matches'] else 'DIFFER'}, greedy "
-                     f"{greedy}/{len(item['greedy_matches'])} prompts identical for {item['greedy_tokens']} tokens, "
-                     f"max |logit diff| {item['max_abs_logit_diff']:.3g}, "
+        same = item["decisions"] - item["decisions_differing"]
+        parts.append(f"{name}: tokens {'ok' if item['tokenization_matches'] else 'DIFFER'}, "
+                     f"{same}/{item['decisions']} greedy decisions as transformers"
+                     + (f" ({item['differing_at_near_ties']} of the others near-ties)"
+                        if item["decisions_differing"] else "")
+                     + f", max |logit diff| {item['max_abs_logit_diff']:.3g}, "
                      f"{'stops' if item['stops_at_eos'] else 'does not stop'} at end of turn")
     return f"check {'passed' if result.get('passed') else 'FAILED'}: " + "; ".join(parts)
