@@ -260,9 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     gguf.add_argument("--folder", type=Path, required=True)
     gguf.add_argument("--merged", type=Path, required=True)
     args = parser.parse_args(argv)
-    from slothctl.training import quiet_libraries
+    import os
 
-    quiet_libraries()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if args.kind == "merged":
         result = check_merged(args.out, args.adapter, args.base, args.precision)
     else:
