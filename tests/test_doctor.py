@@ -14,8 +14,8 @@ def test_doctor_json_reports_versions_backend_model_and_gguf_tools(tmp_path):
     for name in ("torch", "transformers", "trl", "peft"):
         assert info["libraries"][name], name
     assert info["python"].count(".") == 2
-    assert info["cuda"]["available"] is False and info["auto_backend"] == "hf"  # this CPU machine
-    assert info["unsloth"]["installed"] is False
+    usable = info["cuda"]["available"] and info["unsloth"]["installed"]
+    assert info["unsloth"]["usable"] == usable and info["auto_backend"] == ("unsloth" if usable else "hf")
     model = info["embedded_models"][0]
     assert model["name"] == "embedded:smollm2-135m" and model["installed"] and model["converted"]
     tools = info["gguf_tools"]
