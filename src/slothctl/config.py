@@ -184,8 +184,8 @@ class ExportConfig:
     quant: list[str] = key(["q4_k_m"], "GGUF files that `export gguf` writes: f16, bf16 and q8_0 (llama.cpp's "
                            "converter) and q4_k_m (its quantizer, from f16).",
                            choices=("f16", "bf16", "q8_0", "q4_k_m"), unsloth="same default (q4_k_m)")
-    precision: str = key("16bit", "What `slothctl merge` writes: `16bit` (the merge done in float32, stored in the "
-                         "base model's 16-bit dtype), `32bit` (float32: identical to the adapter, twice the size), "
+    precision: str = key("16bit", "What `slothctl merge` writes: `16bit` (the merge done in float32, stored in 16 bits: "
+                         "see dtype), `32bit` (float32: identical to the adapter, twice the size), "
                          "`4bit` (CUDA, through Unsloth) or `lora` (the adapter alone).",
                          choices=("16bit", "32bit", "4bit", "lora"), unsloth="same default (merged_16bit)")
     dtype: str = key("auto", "16-bit format of a `16bit` merge: `auto` is float16 when every merged weight fits "
