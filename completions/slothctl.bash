@@ -5,8 +5,9 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " chat data init push resume train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " chat data doctor export init merge push resume train " == *" $w "* ]] && path="$w" ;;
       "data") [[ " format inspect " == *" $w "* ]] && path="$path $w" ;;
+      "export") [[ " gguf merged prepare " == *" $w "* ]] && path="$path $w" ;;
     esac
   done
   case "$path" in
@@ -14,7 +15,7 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "chat data init push resume train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "chat data doctor export init merge push resume train" -- "$cur")); fi ;;
     "chat")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -57,6 +58,47 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "doctor")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json" -- "$cur"))
+      fi ;;
+    "export")
+      case "$prev" in
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "" -- "$cur"))
+      else COMPREPLY=($(compgen -W "gguf merged prepare" -- "$cur")); fi ;;
+    "export gguf")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --quant|-q) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --merged) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --json" -- "$cur"))
+      fi ;;
+    "export merged")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      fi ;;
+    "export prepare")
+      case "$prev" in
+        --sdist) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json" -- "$cur"))
+      fi ;;
     "init")
       case "$prev" in
         --template|-t) COMPREPLY=($(compgen -W "chat alpaca qlora-8b" -- "$cur")); return ;;
@@ -67,6 +109,17 @@ _slothctl() {
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    "merge")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+        --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --checkpoint) return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      fi ;;
     "push")
       case "$prev" in
         --what) COMPREPLY=($(compgen -W "adapter merged gguf" -- "$cur")); return ;;

@@ -26,11 +26,13 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["init", "--help"], ["--version"], ["train", "--help"],
-                                  ["resume", "--help"], ["chat", "--help"], ["push", "--help"],
-                                  ["data", "--help"], ["data", "inspect", "--help"], ["data", "format", "--help"]],
-                         ids=["help", "init-help", "version", "train-help", "resume-help", "chat-help", "push-help",
-                              "data-help", "data-inspect-help", "data-format-help"])
+LIGHT_COMMANDS = [["--help"], ["--version"], ["init", "--help"], ["train", "--help"], ["resume", "--help"],
+                  ["data", "--help"], ["data", "inspect", "--help"], ["data", "format", "--help"],
+                  ["chat", "--help"], ["merge", "--help"], ["export", "gguf", "--help"], ["push", "--help"],
+                  ["doctor", "--help"]]
+
+
+@pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=["-".join(a).strip("-") for a in LIGHT_COMMANDS])
 def test_help_and_version_import_nothing_heavy(args):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, timeout=60)

@@ -191,9 +191,19 @@ class ChatConfig:
 class ExportConfig:
     """[export]: `slothctl merge` and `slothctl export`."""
 
-    quant: list[str] = key(["q4_k_m"], "GGUF quantizations that `export gguf` writes.")
-    precision: str = key("16bit", "Merged model precision: `16bit`, `4bit` (CUDA) or `lora` (adapter only).",
-                         choices=("16bit", "4bit", "lora"))
+    quant: list[str] = key(["q4_k_m"], "GGUF files that `export gguf` writes: f16, bf16 and q8_0 (llama.cpp's "
+                           "converter) and q4_k_m (its quantizer, from f16).",
+                           choices=("f16", "bf16", "q8_0", "q4_k_m"), unsloth="same default (q4_k_m)")
+    precision: str = key("16bit", "What `slothctl merge` writes: `16bit` (the merge done in float32, stored in 16 bits: "
+                         "see dtype), `32bit` (float32: identical to the adapter, twice the size), "
+                         "`4bit` (CUDA, through Unsloth) or `lora` (the adapter alone).",
+                         choices=("16bit", "32bit", "4bit", "lora"), unsloth="same default (merged_16bit)")
+    dtype: str = key("auto", "16-bit format of a `16bit` merge: `auto` is float16 when every merged weight fits "
+                     "it, else bfloat16. float16 has 8x finer steps, so the small update a LoRA makes survives "
+                     "the rounding (on the bundled model bfloat16 keeps a third of it and changes the answers); "
+                     "choose bfloat16 for models that overflow in float16 (e.g. Gemma).",
+                     choices=("auto", "float16", "bfloat16"),
+                     unsloth="Unsloth's merged_16bit keeps the model's dtype (bfloat16 on recent GPUs)")
 
 
 @dataclass

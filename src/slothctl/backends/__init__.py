@@ -8,6 +8,9 @@ A backend is a module with the same few functions:
     trainer_class() -> type                                an SFTTrainer subclass for this device
     load_adapter(cfg, model_path, adapter, emit) -> (model, tokenizer)   for chat and merge
     for_inference(model) -> model                         ready a loaded model for generation (chat)
+    merge(cfg, model_path, adapter, out_dir, precision, emit) -> dtype name   weights + config.json of
+                                                           the merged model (16bit/32bit; 4bit on unsloth);
+                                                           export.merge adds tokenizer, generation config
 
 Everything else (data, TRL arguments, checkpoints, events, artifacts) is shared, so both
 backends write the same run folder. `select` decides before any heavy import, because Unsloth

@@ -116,3 +116,47 @@ def for_inference(model):
     if config is not None and hasattr(config, "use_cache"):
         config.use_cache = True  # training turns it off with gradient checkpointing
     return model
+
+
+def _stored_dtype(cfg: Config, precision: str, state: dict):
+    """float32 for `32bit`; for `16bit`, [export] dtype, where `auto` is float16 when every weight fits it
+    (finer steps than bfloat16: a LoRA update survives the rounding), else bfloat16."""
+    import torch
+
+    if precision == "32bit":
+        return torch.float32
+    if cfg.export.dtype != "auto":
+        return getattr(torch, cfg.export.dtype)
+    limit = torch.finfo(torch.float16).max
+    fits = all(float(t.abs().max()) < limit for t in state.values() if t.is_floating_point() and t.numel())
+    return torch.float16 if fits else torch.bfloat16
+
+
+def merge(cfg: Config, model_path: str, adapter_path: str, out_dir, precision: str, emit: Emit = ignore) -> str:
+    """PEFT's merge in float32 on CPU, saved as safetensors in the chosen dtype; returns that dtype's name.
+
+    The base is loaded unquantized even for a QLoRA adapter: merging into 4-bit weights would round
+    the update away. Writes weights and config; the caller adds tokenizer and generation config.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if precision not in ("16bit", "32bit"):
+        raise UsageError(f"--precision {precision} needs the unsloth backend on a CUDA GPU",
+                         "use --precision 16bit (or 32bit) here")
+    status(emit, f"Loading {cfg.model.name} in float32 to merge")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, revision=cfg.model.revision or None,
+                                                     trust_remote_code=cfg.model.trust_remote_code)
+        model = PeftModel.from_pretrained(model, adapter_path)
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"cannot load {adapter_path} onto {cfg.model.name}: {exc}") from None
+    merged = model.merge_and_unload(safe_merge=True)  # safe_merge refuses NaNs instead of writing them
+    dtype = _stored_dtype(cfg, precision, merged.state_dict())
+    name = str(dtype).removeprefix("torch.")
+    status(emit, f"Merged in float32; saving {name} weights")
+    merged = merged.to(dtype)
+    merged.config.dtype = dtype
+    merged.save_pretrained(out_dir, max_shard_size="5GB")
+    return name

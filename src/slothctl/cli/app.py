@@ -20,7 +20,10 @@ from slothctl import __version__
 from slothctl.cli import output
 from slothctl.cli.chat import chat
 from slothctl.cli.data import data_app
+from slothctl.cli.doctor import doctor
+from slothctl.cli.export import export_app
 from slothctl.cli.init import init
+from slothctl.cli.merge import merge
 from slothctl.cli.push import push
 from slothctl.cli.resume import resume
 from slothctl.cli.train import train
@@ -56,7 +59,10 @@ app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(resume)
 app.command()(chat)
+app.command()(merge)
+app.add_typer(export_app, name="export")
 app.command()(push)
+app.command()(doctor)
 
 
 def command() -> Command:

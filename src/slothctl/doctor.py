@@ -1,0 +1,91 @@
+"""`slothctl doctor`: what this machine can do — libraries, CUDA, Unsloth, the embedded model's
+cache and the GGUF tools — each with the command that fixes what is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slothctl import __version__
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
+             "unsloth_zoo", "llama-cpp-python", "gguf", "huggingface_hub")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cuda() -> dict[str, Any]:
+    from slothctl.backends import cuda_available
+
+    if not cuda_available():
+        return {"available": False, "devices": []}
+    import torch
+
+    return {"available": True, "cuda": torch.version.cuda,
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+
+
+def _embedded() -> list[dict[str, Any]]:
+    from slothctl.errors import UsageError
+    from slothctl.models import EMBEDDED, EMBEDDED_PREFIX, embedded_dir, embedded_gguf_path
+
+    found = []
+    for model_id, spec in EMBEDDED.items():
+        entry: dict[str, Any] = {"name": EMBEDDED_PREFIX + model_id, "package": spec.package}
+        try:
+            entry["gguf"] = str(embedded_gguf_path(model_id))
+            entry["installed"] = True
+        except UsageError as exc:
+            entry.update(installed=False, problem=exc.one_line())
+        folder = embedded_dir(model_id)
+        entry["converted"] = (folder / "slothctl_embedded.json").is_file()
+        entry["cache"] = str(folder)
+        found.append(entry)
+    return found
+
+
+def _project(config: Path | None, sets: list[str]) -> dict[str, Any] | None:
+    if config is None or not config.is_file():
+        return None
+    from slothctl import config as config_mod
+    from slothctl.errors import SlothctlError
+    from slothctl.runs import RunPaths
+
+    try:
+        cfg = config_mod.load(config, sets)
+    except SlothctlError as exc:
+        return {"config": str(config), "valid": False, "problem": exc.one_line()}
+    paths = RunPaths(cfg.run_dir)
+    return {"config": str(config), "valid": True, "model": cfg.model.name, "backend": cfg.model.backend,
+            "run_dir": str(paths.root), "adapter": (paths.adapter / "adapter_config.json").is_file(),
+            "merged": paths.merged.is_dir(), "gguf": paths.gguf.is_dir()}
+
+
+def report(config: Path | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    from slothctl.backends import select, unsloth_installed
+    from slothctl.export import tools
+    from slothctl.models import cache_root
+
+    cuda = _cuda()
+    return {
+        "slothctl": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "cuda": cuda,
+        "unsloth": {"installed": unsloth_installed(), "usable": unsloth_installed() and cuda["available"]},
+        "auto_backend": select("auto"),
+        "cache": str(cache_root()),
+        "embedded_models": _embedded(),
+        "gguf_tools": tools.state().to_json(),
+        "sentencepiece": importlib.util.find_spec("sentencepiece") is not None,
+        "project": _project(config, sets or []),
+    }

@@ -1,0 +1,128 @@
+"""What an exported model needs to know about its chat template: which tokens end a turn
+(generation_config's eos ids, Ollama's stop words) and the Ollama TEMPLATE that writes the same
+prompt as the Jinja template used in training.
+
+Families are recognised by behaviour, not by name: a family matches only when its Go template,
+rendered the way Ollama renders it (the Modelfile's SYSTEM prepended when a conversation has no
+system message), gives exactly the text of the Jinja template on a set of probe conversations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from slothctl.data.chat_template import render as render_jinja
+from slothctl.data.tokenizer import TextTokenizer
+from slothctl.export import gotemplate
+
+REPLY_MARK = "SLOTHCTL-REPLY-7f3a"
+PROBES = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help?"},
+     {"role": "user", "content": "Tell me a joke."}],
+    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "A"},
+     {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}],
+]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    go_template: str  # `{eos}` is replaced by the tokenizer's eos text
+    stops: tuple[str, ...]
+    system_re: str  # finds a default system prompt at the start of a rendering without one
+
+
+FAMILIES = (
+    Family("chatml",
+           "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+           "<|im_start|>assistant\n",
+           ("<|im_end|>", "<|im_start|>"),
+           r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n"),
+    Family("llama-3",
+           "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+           "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
+           ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
+           r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"),
+    Family("alpaca",
+           '{{- range .Messages }}\n{{- if eq .Role "system" }}{{ .Content }}\n\n'
+           '{{ else if eq .Role "user" }}### Instruction:\n{{ .Content }}\n\n'
+           '{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}{eos}\n\n{{ end }}\n'
+           "{{- end }}### Response:\n",
+           ("### Instruction:",),
+           r"(.*?)\n\n### Instruction:\n"),
+)
+
+
+@dataclass(frozen=True)
+class OllamaChat:
+    """A chat template translated for Ollama."""
+
+    family: str
+    template: str
+    system: str | None  # the template's built-in system prompt, for the Modelfile's SYSTEM
+    stops: list[str]
+    starts_with_bos: bool  # the Jinja template writes the BOS token itself
+
+
+BOS_MARK = "<SLOTHCTL-BOS-7f3a>"  # tells a BOS the template writes from text that merely equals it
+
+
+def _jinja(template: str, messages: list[dict], tok: TextTokenizer) -> str:
+    return render_jinja(template, messages, add_generation_prompt=True, bos_token=BOS_MARK,
+                        eos_token=tok.eos_token)
+
+
+def _as_ollama(messages: list[dict], system: str | None) -> dict:
+    """Ollama's chat handler: the Modelfile's SYSTEM goes first when the request has no system message."""
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    return {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
+
+
+def translate(template: str, tok: TextTokenizer) -> OllamaChat | None:
+    """The Ollama equivalent of `template`, or None when no known family renders identically."""
+    try:
+        expected = [_jinja(template, probe, tok) for probe in PROBES]
+    except Exception:  # noqa: BLE001 - a template that cannot render the probes cannot be translated
+        return None
+    starts_with_bos = all(text.startswith(BOS_MARK) for text in expected)
+    expected = [text.removeprefix(BOS_MARK) for text in expected]
+    if any(BOS_MARK in text for text in expected):
+        return None
+    for family in FAMILIES:
+        go = family.go_template.replace("{eos}", tok.eos_token or "")
+        found = re.match(family.system_re, expected[0], re.S)
+        for system in [None] + ([found.group(1)] if found else []):
+            if all(gotemplate.render(go, _as_ollama(probe, system)) == text
+                   for probe, text in zip(PROBES, expected)):
+                stops = list(family.stops)
+                if tok.eos_token and tok.eos_token not in stops:
+                    stops.append(tok.eos_token)
+                return OllamaChat(family.name, go, system, stops, starts_with_bos)
+    return None
+
+
+def end_of_turn_ids(tok: TextTokenizer, template: str | None) -> list[int]:
+    """Token ids that end an assistant reply: the special token the template writes right after a
+    reply (e.g. <|im_end|>, <|eot_id|>), then the tokenizer's eos. Used as generation_config's eos."""
+    ids: list[int] = []
+    if template:
+        try:
+            text = render_jinja(template, [{"role": "user", "content": "Hi"},
+                                           {"role": "assistant", "content": REPLY_MARK}],
+                                bos_token=tok.bos_token, eos_token=tok.eos_token)
+        except Exception:  # noqa: BLE001 - a template that rejects the probe: fall back to eos
+            text = ""
+        after = text.split(REPLY_MARK, 1)[1] if REPLY_MARK in text else ""
+        for special in sorted(tok.special_tokens, key=len, reverse=True):
+            if after.lstrip(" ").startswith(special):
+                token_id = tok.token_to_id(special)
+                if token_id is not None:
+                    ids.append(token_id)
+                break
+    if tok.eos_id is not None and tok.eos_id not in ids:
+        ids.append(tok.eos_id)
+    return ids
