@@ -74,7 +74,7 @@ def test_unknown_template_is_not_guessed(tok):
 
 def test_end_of_turn_ids(tok):
     assert end_of_turn_ids(tok, tok.chat_template) == [2]  # <|im_end|>
-    llama_tok = replace(tok, special_tokens=tok.special_tokens | {"<|im_start|>"})
+    llama_tok = replace(tok, special_tokens=[*tok.special_tokens, "<|im_start|>"])
     assert end_of_turn_ids(llama_tok, chat_template_text("alpaca")) == [2]  # alpaca ends answers with eos
     assert end_of_turn_ids(tok, None) == [2]
 

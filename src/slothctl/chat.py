@@ -20,8 +20,8 @@ from typing import Any, Callable, Protocol
 
 from slothctl import backends, models
 from slothctl.config import Config
-from slothctl.data import choose_chat_template
-from slothctl.data.chat_template import render
+from slothctl.data.templates import choose_for_hf_tokenizer
+from slothctl.data.chat_template import after_reply, render
 from slothctl.errors import UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.resources import chat_template_text
@@ -34,7 +34,6 @@ COMMANDS = {  # the REPL's commands, for its /help
     "/help": "show these commands",
     "/exit": "leave (Ctrl-D too); Ctrl-C stops the current answer",
 }
-_MARK = "\x1fslothctl-reply\x1f"  # a reply no tokenizer merges with its neighbours
 
 
 @dataclass
@@ -148,12 +147,7 @@ def render_prompt(template: str, messages: list[dict], bos: str | None, eos: str
 
 def end_of_turn_text(template: str, bos: str | None, eos: str | None) -> str:
     """What the template writes right after an assistant reply (`<|im_end|>`, `<|eot_id|>`, eos…)."""
-    try:
-        text = render(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARK}],
-                      bos_token=bos, eos_token=eos)
-    except Exception:  # noqa: BLE001 - a template that cannot render this is reported at the first turn
-        return ""
-    return text.split(_MARK, 1)[1].strip() if _MARK in text else ""
+    return after_reply(template, bos, eos).strip()
 
 
 class Engine(Protocol):
@@ -386,7 +380,7 @@ def _adapter_template(target: Target, tokenizer, cfg: Config) -> str:
         from slothctl import config as config_mod
 
         choice = config_mod.load(target.run_config).data.chat_template
-    return choose_chat_template(choice, tokenizer).source
+    return choose_for_hf_tokenizer(choice, tokenizer).source
 
 
 def _load_hf(cfg: Config, target: Target, compare: bool, emit: Emit) -> list[tuple[str, str, Engine]]:
@@ -405,7 +399,7 @@ def _load_hf(cfg: Config, target: Target, compare: bool, emit: Emit) -> list[tup
     resolved = models.resolve(target.path, cfg.project_dir, emit)
     model, tokenizer = backend.load(_for_model(cfg, target.path), resolved.path, emit)
     model = backend.for_inference(model)
-    template = choose_chat_template("auto", tokenizer).source
+    template = choose_for_hf_tokenizer("auto", tokenizer).source
     engine = HFEngine(model, tokenizer, template)
     if not compare:
         return [("model", target.path, engine)]

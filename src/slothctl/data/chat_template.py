@@ -147,3 +147,18 @@ def _is_condition(node, parents) -> bool:
         if kind not in ("Not", "And", "Or"):
             return False
         node = parent
+
+
+REPLY_MARK = "SLOTHCTL-REPLY-7f3a"  # a reply text no template changes and no tokenizer merges with neighbours
+
+
+def after_reply(template_source: str, bos_token: str | None = "", eos_token: str | None = "") -> str:
+    """What the template writes right after an assistant reply: its end-of-turn text (`<|im_end|>\\n`,
+    `<|eot_id|>`, eos…), or "" when it writes nothing or cannot render a plain exchange."""
+    try:
+        text = render(template_source, [{"role": "user", "content": "Hi"},
+                                        {"role": "assistant", "content": REPLY_MARK}],
+                      bos_token=bos_token, eos_token=eos_token)
+    except Exception:  # noqa: BLE001 - a template that rejects the probe: the caller falls back to eos
+        return ""
+    return text.split(REPLY_MARK, 1)[1] if REPLY_MARK in text else ""

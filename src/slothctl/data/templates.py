@@ -122,6 +122,11 @@ def _hf_has_token(tokenizer) -> Callable[[str], bool]:
     return has_token
 
 
+def choose_for_hf_tokenizer(choice: str, tokenizer) -> ChatTemplate:
+    """`choose_chat_template` for a transformers tokenizer (chat and export, which load one)."""
+    return choose_chat_template(choice, tokenizer.chat_template, tokenizer.eos_token, _hf_has_token(tokenizer))
+
+
 def configure_hf_tokenizer(cfg, tokenizer, model=None) -> str:
     """Give the training tokenizer a pad token distinct from eos (and from the end-of-turn token),
     exactly the one `data inspect` reports; add it (and grow the embeddings if needed) only when the

@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from slothctl.data.chat_template import render as render_jinja
+from slothctl.data.chat_template import after_reply, render as render_jinja
 from slothctl.data.tokenizer import TextTokenizer
 from slothctl.export import gotemplate
 
-REPLY_MARK = "SLOTHCTL-REPLY-7f3a"
 PROBES = [
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
@@ -110,13 +109,7 @@ def end_of_turn_ids(tok: TextTokenizer, template: str | None) -> list[int]:
     reply (e.g. <|im_end|>, <|eot_id|>), then the tokenizer's eos. Used as generation_config's eos."""
     ids: list[int] = []
     if template:
-        try:
-            text = render_jinja(template, [{"role": "user", "content": "Hi"},
-                                           {"role": "assistant", "content": REPLY_MARK}],
-                                bos_token=tok.bos_token, eos_token=tok.eos_token)
-        except Exception:  # noqa: BLE001 - a template that rejects the probe: fall back to eos
-            text = ""
-        after = text.split(REPLY_MARK, 1)[1] if REPLY_MARK in text else ""
+        after = after_reply(template, tok.bos_token, tok.eos_token)
         for special in sorted(tok.special_tokens, key=len, reverse=True):
             if after.lstrip(" ").startswith(special):
                 token_id = tok.token_to_id(special)
