@@ -11,6 +11,7 @@ checkpoints and artifacts are shared, so a GPU adapter is used on CPU as is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network calls from the training process
@@ -112,9 +113,15 @@ def for_inference(model):
     return model
 
 
-SAVE_METHODS = {"16bit": "merged_16bit", "4bit": "merged_4bit_forced", "lora": "lora"}
-
-
-def save_merged(model, tokenizer, out_dir: str, precision: str) -> None:
-    """Unsloth's own merge and save (`save_pretrained_merged`), the seeds' three save methods."""
-    model.save_pretrained_merged(out_dir, tokenizer, save_method=SAVE_METHODS[precision])
+def merge(cfg: Config, model_path: str, adapter_path: str, out_dir, precision: str, emit: Emit = ignore) -> str:
+    """`4bit`: Unsloth's `save_pretrained_merged(save_method="merged_4bit_forced")`. `16bit` and
+    `32bit`: the hf backend's exact float32 PEFT merge, stored in [export] dtype. Unsloth's
+    merged_16bit stores the model's bfloat16, which kept only 34% of a short fine-tune's update in
+    our measurement (README, "Ship it"), so both backends merge 16-bit models the same way."""
+    if precision != "4bit":
+        return hf.merge(cfg, model_path, adapter_path, out_dir, precision, emit)
+    quantized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, load_in_4bit=True, load_in_8bit=False))
+    model, tokenizer = load_adapter(quantized, model_path, adapter_path, emit)
+    status(emit, "Merging into 4-bit weights with Unsloth (save_pretrained_merged)")
+    model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_4bit_forced")
+    return "nf4"
