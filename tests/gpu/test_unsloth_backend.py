@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import make_project, run_cli
 

@@ -93,7 +93,7 @@ def _bash(root: Node) -> str:
         if node.children:
             key = " ".join(node.path)
             names = " ".join(node.children)
-            joined = f'"$path $w"' if key else '"$w"'
+            joined = '"$path $w"' if key else '"$w"'
             lines.append(f'      "{key}") [[ " {names} " == *" $w "* ]] && path={joined} ;;')
     lines += ["    esac", "  done", '  case "$path" in']
     for node in _nodes(root):

@@ -27,7 +27,7 @@ from slothctl.data.pipeline import Prepared
 from slothctl.data.report import Problem
 from slothctl.data.templates import ChatTemplate
 from slothctl.data.tokenizer import TextTokenizer
-from slothctl.runs import atomic_dir, write_json_atomic
+from slothctl.runs import atomic_dir, file_sha256, write_json_atomic
 
 PIPELINE_VERSION = "1"  # bump when the same inputs would give other tokens
 ARRAYS = ("ids", "trained", "offsets", "full_lengths", "row_numbers", "is_eval")
@@ -56,14 +56,6 @@ def cache_key(cfg: Config, source_fingerprint: dict, tok: TextTokenizer, templat
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write(prepared: Prepared, key: str) -> Path:
     """Store a prepared dataset under its key, atomically; returns the entry's folder."""
     target = cache_dir() / key
@@ -80,7 +72,7 @@ def write(prepared: Prepared, key: str) -> Path:
             "template": [template.name, template.source, template.end_of_turn] if template else None,
             "invalid": [p.to_json() for p in prepared.invalid],
             "no_trained_tokens": [p.to_json() for p in prepared.no_trained_tokens]})
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         write_json_atomic(tmp / "manifest.json", {"key": key, "version": PIPELINE_VERSION, "files": files})
     return target
 
@@ -97,7 +89,7 @@ def read(key: str) -> Prepared | None:
             return None
         for name, expected in files.items():
             path = entry / name
-            if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+            if path.stat().st_size != expected["size"] or file_sha256(path) != expected["sha256"]:
                 return None
         meta = json.loads((entry / "prepared.json").read_text(encoding="utf-8"))
         arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in ARRAYS}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from slothctl import models
@@ -15,6 +12,7 @@ from slothctl.data.encode import Segmenter
 from slothctl.data.pipeline import Prepared, load_rows, prepare
 from slothctl.data.tokenizer import TextTokenizer, load_text_tokenizer
 from slothctl.events import Emit, ignore, status
+from slothctl.runs import open_atomic
 
 
 def project_tokenizer(cfg: Config, emit: Emit = ignore) -> TextTokenizer:
@@ -68,26 +66,16 @@ def write_rendered(cfg: Config, tok: TextTokenizer, prepared: Prepared, out: Pat
     segmenter = Segmenter(template.source if template else None, end, tok, cfg.data.train_on_responses_only)
     tokens = prepared.tokens
     out = out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for i, row in enumerate(prepared.row_numbers.tolist()):
-                standard = formats.standardise(prepared.format, source.rows[row - 1])
-                segments = segmenter.text(standard) if isinstance(standard, str) else segmenter.conversation(standard)
-                length = int(tokens.offsets[i + 1] - tokens.offsets[i])
-                handle.write(json.dumps({
-                    "row": row, "origin": source.origin[row - 1], "split": "eval" if prepared.is_eval[i] else "train",
-                    "tokens": length, "truncated": bool(tokens.full_lengths[i] > length),
-                    "text": "".join(text for text, _ in segments),
-                    "trained": [text for text, trained in segments if trained and text]},
-                    ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with open_atomic(out) as handle:
+        for i, row in enumerate(prepared.row_numbers.tolist()):
+            standard = formats.standardise(prepared.format, source.rows[row - 1])
+            segments = segmenter.text(standard) if isinstance(standard, str) else segmenter.conversation(standard)
+            length = int(tokens.offsets[i + 1] - tokens.offsets[i])
+            handle.write(json.dumps({
+                "row": row, "origin": source.origin[row - 1], "split": "eval" if prepared.is_eval[i] else "train",
+                "tokens": length, "truncated": bool(tokens.full_lengths[i] > length),
+                "text": "".join(text for text, _ in segments),
+                "trained": [text for text, trained in segments if trained and text]},
+                ensure_ascii=False) + "\n")
     status(emit, f"Wrote {len(prepared.row_numbers)} rendered rows to {out}")
     return out

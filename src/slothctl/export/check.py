@@ -68,7 +68,8 @@ def _delta_norms(peft_model) -> dict[str, float]:
 
 def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> dict:
     if precision == "lora":
-        from slothctl.export.merge import ADAPTER_FILES, file_sha256
+        from slothctl.export.merge import ADAPTER_FILES
+        from slothctl.runs import file_sha256
 
         differing = [name for name in ADAPTER_FILES if (adapter / name).is_file()
                      and (not (out / name).is_file() or file_sha256(out / name) != file_sha256(adapter / name))]

@@ -12,7 +12,6 @@ The folder is written under a temporary name and only appears once complete and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from slothctl import __version__, backends, models
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
-from slothctl.runs import RunPaths, adapter_info, atomic_dir, resolve_adapter, write_json_atomic
+from slothctl.runs import RunPaths, adapter_info, atomic_dir, file_sha256, resolve_adapter, write_json_atomic
 
 PRECISIONS = ("16bit", "32bit", "4bit", "lora")
 MERGED_INFO = "slothctl_merged.json"
@@ -54,14 +53,6 @@ class MergeResult:
         return {"merged": str(self.out), "precision": self.precision, "dtype": self.dtype,
                 "adapter": str(self.adapter), "base_model": self.base_model, "seconds": round(self.seconds, 2),
                 "check": self.check}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def adapter_fingerprint(adapter: Path) -> str:
