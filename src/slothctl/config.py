@@ -153,8 +153,10 @@ class TrainConfig:
                                        unsloth="same (\"unsloth\")")
     packing: bool = key(False, "Pack several short rows into each sequence of max_seq_length.",
                         unsloth="same (false)")
-    batching: str = key("auto", "How rows of different lengths share a batch: `auto` picks the fastest for "
-                        "the installed attention kernels; `padded`, `length_grouped` or `padding_free` force one.",
+    batching: str = key("auto", "How rows of different lengths share a batch. `auto` picks what measured "
+                        "fastest: on a GPU, padding-free with FlashAttention or when all rows have one length, "
+                        "else padded batches of similar-length rows; on CPU, padded batches. `padded`, "
+                        "`length_grouped` or `padding_free` force one.",
                         choices=("auto", "padded", "length_grouped", "padding_free"))
     report_to: str = key("none", "Experiment tracker: `tensorboard` writes to <run>/tensorboard/; `wandb` needs "
                          "the wandb extra and logs offline (WANDB_MODE=offline) unless you are logged in.",
