@@ -46,6 +46,16 @@ class StepTimer:
         raise AttributeError(name)
 
 
+def step_profile(seconds: list[float]) -> dict:
+    """How step times evolve: a slow first half that speeds up points at compilation per new shape."""
+    def median(xs: list[float]) -> float | None:
+        return sorted(xs)[len(xs) // 2] if xs else None
+
+    half = len(seconds) // 2
+    return {"median_step_s": median(seconds), "first_half_median_s": median(seconds[:half]),
+            "second_half_median_s": median(seconds[half:]), "max_step_s": max(seconds) if seconds else None}
+
+
 def steady_rate(marks: list[tuple[int, float]], tokens_per_step: list[int], warmup: int) -> float:
     """Tokens per second over the steps after `warmup` (compilation and allocator warm-up excluded)."""
     start = marks[warmup - 1][1]

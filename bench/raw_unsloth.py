@@ -18,7 +18,7 @@ import torch
 from datasets import load_dataset
 from trl import SFTConfig, SFTTrainer
 
-from _shared import StepTimer, steady_rate
+from _shared import StepTimer, steady_rate, step_profile
 
 p = argparse.ArgumentParser()
 p.add_argument("model"), p.add_argument("data"), p.add_argument("out")
@@ -60,10 +60,7 @@ result = {"variant": "raw_unsloth", "peak_vram_gb": torch.cuda.max_memory_alloca
           "train_loss": output.training_loss, "seconds": seconds}
 if args.chat:
     result["tokens_per_s"] = sum(lengths) * args.epochs / seconds
-    times = [b - a for (_, a), (_, b) in zip(timer.marks, timer.marks[1:])]
-    half = len(times) // 2
-    result.update(median_step_s=sorted(times)[len(times) // 2], first_half_median_s=sorted(times[:half])[half // 2],
-                  second_half_median_s=sorted(times[half:])[(len(times) - half) // 2], max_step_s=max(times))
+    result.update(step_profile([b - a for (_, a), (_, b) in zip(timer.marks, timer.marks[1:])]))
 else:
     result["tokens_per_s"] = steady_rate(timer.marks, [args.bs * args.seq] * len(timer.marks), args.warmup)
 json.dump(result, open(args.out, "w"))

@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _shared import SHAPES, flops_per_token, peak_tflops, write_chat_rows, write_text_rows  # noqa: E402
+from _shared import SHAPES, flops_per_token, peak_tflops, step_profile, write_chat_rows, write_text_rows  # noqa: E402,E501
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/slothctl-bench"))
 BATCH = {"smollm2-135m": 8, "qwen3-1.7b": 4, "llama-3-8b": 2}
@@ -104,14 +104,6 @@ name = "bench"
 
 
 DIAGNOSE = {"TORCH_LOGS": "recompiles"}  # count torch.compile recompilations (one stderr line each)
-
-
-def step_profile(seconds: list[float]) -> dict:
-    """How step times evolve: a slow first half that speeds up points at compilation per new shape."""
-    half = len(seconds) // 2
-    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else None  # noqa: E731
-    return {"median_step_s": median(seconds), "first_half_median_s": median(seconds[:half]),
-            "second_half_median_s": median(seconds[half:]), "max_step_s": max(seconds) if seconds else None}
 
 
 def recompiles(stderr: str) -> int:

@@ -94,11 +94,6 @@ def is_complete_checkpoint(path: Path) -> bool:
     return (path / CHECKPOINT_INFO).is_file()
 
 
-def checkpoint_step(path: Path) -> int | None:
-    match = CHECKPOINT_RE.match(path.name)
-    return int(match.group(1)) if match else None
-
-
 def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
     """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted."""
     old = [path for _, path in paths.checkpoints()[:-keep or None]] if keep > 0 else []

@@ -27,7 +27,7 @@ def merge(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder "
                                                 "(default: runs/<name>/merged).")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
-        "--precision", help="16bit (default, the base's dtype), 32bit (exact), 4bit (CUDA) or lora "
+        "--precision", help="16bit (default, stored as [export] dtype), 32bit (exact), 4bit (CUDA) or lora "
                             "(same as --set export.precision=...).")] = None,
     force: ForceOption = False,
     no_check: NoCheckOption = False,
