@@ -6,6 +6,10 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
 
     (a) slothctl train, unsloth backend     (b) raw Unsloth + TRL script (bench/raw_unsloth.py)
     (c) raw transformers + PEFT + TRL, sdpa  (d) slothctl train, hf backend
+    (e) as (c), with transformers' own loss instead of TRL's fused LM head (bench/raw_hf.py --plain-loss)
+
+A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
+the mean of the runs (and every run's value is kept), to show how much runs vary.
 
 Tokens/s is steady state (after --warmup steps), peak VRAM is torch's max allocated memory.
 Then, on variable-length chat data (log-normal lengths, 50-2,000 tokens), one epoch per batching
@@ -13,6 +17,7 @@ strategy, real (non-pad) tokens/s and mean loss per token: slothctl's choices ag
 own default (auto padding-free).
 
     python bench/train_speed.py --out bench/results/train_speed-DEVICE-DATE.json [--shapes ...] [--varlen]
+    python bench/train_speed.py --out ... --shapes qwen3-1.7b --variants ab --profile  # + kernel profiles of a, b
 
 Every variant runs in its own process (Unsloth patches transformers process-wide). Prints the
 ratios a/b and a/c, and MFU with the FLOP formula of bench/_shared.py:flops_per_token.
@@ -149,32 +154,32 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
     return result
 
 
+NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
+         "e": "e_raw_hf_plain_loss"}
+
+
 def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
     model = build_model(shape)
     bs = BATCH[shape]
-    data = WORK / "data" / f"text-{seq}.jsonl"
-    if not data.exists():
-        write_text_rows(data, rows=max(BATCH.values()) * (steps + 4), words_per_row=seq + 64)
-    results = {}
+    data = fixed_data(seq, steps)
+    common = ("--seq", str(seq), "--bs", str(bs), "--steps", str(steps), "--warmup", str(warmup))
+    runs: dict[str, list[dict]] = {}
     for variant in variants:
-        if variant == "a":
-            results["a_slothctl_unsloth"] = run_slothctl(
-                slothctl_project(f"{shape}-a", model, data, "text", seq, bs, steps, "unsloth", batching="auto"),
-                warmup)
+        if variant in "ad":
+            backend = "unsloth" if variant == "a" else "hf"
+            result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
+                                                   backend, batching="auto"), warmup)
         elif variant == "b":
-            results["b_raw_unsloth"] = run_script("raw_unsloth.py", str(model), str(data), "--seq", str(seq), "--bs",
-                                                  str(bs), "--steps", str(steps), "--warmup", str(warmup))
-        elif variant == "c":
-            results["c_raw_hf"] = run_script("raw_hf.py", str(model), str(data), "--seq", str(seq), "--bs", str(bs),
-                                             "--steps", str(steps), "--warmup", str(warmup))
-        elif variant == "d":
-            results["d_slothctl_hf"] = run_slothctl(
-                slothctl_project(f"{shape}-d", model, data, "text", seq, bs, steps, "hf", batching="auto"), warmup)
-        print(shape, variant, json.dumps(list(results.values())[-1]), flush=True)
-    cfg = shape_config(shape)
-    flops = flops_per_token(cfg, seq)
-    summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops, "results": results}
-    a, b, c = (results.get(k, {}) for k in ("a_slothctl_unsloth", "b_raw_unsloth", "c_raw_hf"))
+            result = run_script("raw_unsloth.py", str(model), str(data), *common)
+        else:
+            result = run_script("raw_hf.py", str(model), str(data), *common,
+                                *(["--plain-loss"] if variant == "e" else []))
+        runs.setdefault(NAMES[variant], []).append(result)
+        print(shape, variant, json.dumps(result), flush=True)
+    results = {name: merge_runs(found) for name, found in runs.items()}
+    summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
+               "results": results}
+    a, b, c = (results.get(NAMES[k], {}) for k in "abc")
     if "tokens_per_s" in a and "tokens_per_s" in b:
         summary["a_over_b_tokens"] = a["tokens_per_s"] / b["tokens_per_s"]
         summary["a_over_b_vram"] = a["peak_vram_gb"] / b["peak_vram_gb"]
@@ -182,6 +187,47 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
         summary["a_over_c_tokens"] = a["tokens_per_s"] / c["tokens_per_s"]
         summary["a_over_c_vram"] = a["peak_vram_gb"] / c["peak_vram_gb"]
     return summary
+
+
+def fixed_data(seq: int, steps: int) -> Path:
+    data = WORK / "data" / f"text-{seq}.jsonl"
+    if not data.exists():
+        write_text_rows(data, rows=max(BATCH.values()) * (steps + 4), words_per_row=seq + 64)
+    return data
+
+
+def merge_runs(found: list[dict]) -> dict:
+    """One variant's result; repeated runs give the mean tokens/s and keep each run's value."""
+    ok = [r for r in found if "tokens_per_s" in r]
+    if len(found) == 1 or not ok:
+        return found[0]
+    return {**ok[-1], "tokens_per_s": sum(r["tokens_per_s"] for r in ok) / len(ok),
+            "runs_tokens_per_s": [r["tokens_per_s"] for r in ok],
+            "peak_vram_gb": max((r["peak_vram_gb"] or 0 for r in ok), default=None)}
+
+
+def profile_pair(shape: str, seq: int, out_dir: Path) -> None:
+    """Kernel-level profiles of (a) and (b), steps 6-8 of 8, and their comparison."""
+    model, bs = build_model(shape), BATCH[shape]
+    data = fixed_data(seq, 10)
+    profiler = [sys.executable, str(HERE / "profile_steps.py")]
+    project = slothctl_project(f"{shape}-a", model, data, "text", seq, bs, 8, "unsloth", batching="auto")
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(project / "runs", ignore_errors=True)
+    for name, command, cwd in (
+            ("a_slothctl", ["-m", "slothctl", "train", "--json"], project),
+            ("b_raw", [str(HERE / "raw_unsloth.py"), str(model), str(data), str(WORK / "profile-raw.json"),
+                       "--seq", str(seq), "--bs", str(bs), "--steps", "8", "--warmup", "3"], HERE)):
+        proc = subprocess.run([*profiler, str(out_dir / f"{shape}-{name}.json"), "--steps", "5:8", "--", *command],
+                              cwd=cwd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print("profile", name, "failed:", proc.stderr[-2000:], flush=True)
+            return
+    subprocess.run([*profiler, "--compare", str(out_dir / f"{shape}-a_slothctl.json"),
+                    str(out_dir / f"{shape}-b_raw.json")])
 
 
 def variable_length(rows: int, strategies: list[str]) -> dict:
@@ -262,6 +308,8 @@ def main() -> None:
     parser.add_argument("--varlen", default="", help="comma list: unsloth_default,auto,padded,length_grouped,"
                                                      "padding_free,packed")
     parser.add_argument("--varlen-rows", type=int, default=512)
+    parser.add_argument("--profile", action="store_true", help="also profile (a) and (b) kernel by kernel "
+                                                              "on each shape (JSON beside --out)")
     args = parser.parse_args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -270,6 +318,8 @@ def main() -> None:
         results.setdefault("fixed", {})[shape] = fixed_length(shape, args.seq, args.steps, args.warmup,
                                                               args.variants)
         out.write_text(json.dumps(results, indent=2))
+        if args.profile:
+            profile_pair(shape, args.seq, out.parent / f"{out.stem}-profiles")
     if args.varlen:
         results["varlen"] = variable_length(args.varlen_rows, args.varlen.split(","))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ PROMPTS = ["What is the capital of Peru?", "What is 7 times 8?", "What sound doe
 
 def main(backend: str, base: str, adapter: str, device: str, out: str) -> None:
     os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
-    from slothctl import backends, config as config_mod
+    from slothctl import backends
+    from slothctl import config as config_mod
 
     module = backends.get(backend)  # imports unsloth first for the unsloth backend
     import torch
