@@ -31,6 +31,9 @@ model)
 tests)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
+merge4)
+    SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
+        --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
+from conftest import run_cli
+
 from slothctl import config
-from slothctl.backends.common import LengthGroupedBatches, batching_strategy, padding_fraction
+from slothctl.backends.common import LengthGroupedBatches, batching_strategy, packed_rows, padding_fraction
 
 
 def cfg_with(**train) -> config.Config:
@@ -37,3 +41,23 @@ def test_length_grouped_batches_are_similar_shuffled_complete_and_seeded():
     assert LengthGroupedBatches(lengths, 8, 3407).batches() == batches  # same seed, same epoch: same order
     sampler.set_epoch(1)
     assert sampler.batches() != batches
+
+
+def test_packed_rows_match_trls_best_fit_decreasing():
+    assert packed_rows([2048] * 5, 2048) == 5
+    assert packed_rows([1000, 1000, 40, 8], 2048) == 1  # exactly 2048
+    assert packed_rows([1000, 1000, 49], 2048) == 2
+    assert packed_rows([700, 700, 700, 600, 600, 600], 2048) == 2  # 700+700+600 and 700+600+600
+    assert packed_rows([1100, 1000, 1050], 2048) == 3  # no two fit together (1050 + 1000 = 2050)
+
+
+def test_one_epoch_of_packed_rows_trains_one_epoch(project):
+    """With packing, the planned steps count packed rows: one epoch ends at epoch 1.0, not ~4."""
+    result = run_cli("train", "--json", "--set", "train.packing=true", "--set", "data.max_rows=48",
+                     "--set", "train.epochs=1", "--set", "train.max_steps=0", cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [e for e in result.json_lines() if e["event"] == "step"]
+    summary = json.loads((project / "runs" / "proj" / "summary.json").read_text())
+    assert steps[-1]["total_steps"] == summary["steps"] == len(steps) < 48 / 4  # 48 short rows pack into few
+    assert abs(steps[-1]["epoch"] - 1.0) < 1e-6, steps[-1]
+    assert all(math.isfinite(e["loss"]) for e in steps)

@@ -286,7 +286,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
 
     check_disk_space(cfg, paths.root, resolved.path, optimizer_name(cfg))
     data = _prepare_data(cfg, resolved.path, emit)
-    total = planned_steps(cfg, len(data.train), None)
+    total = planned_steps(cfg, [len(e.input_ids) for e in data.train], None)
     run = checkpoints.run_record(cfg, data.train)
     run["optim"] = _run_optimizer(cfg, plan, optimizer_name(cfg))
     if not from_checkpoint and not plan.forced:

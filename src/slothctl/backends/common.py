@@ -60,12 +60,28 @@ def to_dataset(examples: list[Encoded]):
                               "labels": [e.labels for e in examples]})
 
 
-def planned_steps(cfg: Config, n_train: int, max_steps: int | None) -> int:
+def planned_steps(cfg: Config, lengths: list[int], max_steps: int | None) -> int:
+    """Optimizer steps of the run: max_steps, else epochs over the rows the trainer will see (with
+    packing, the packed rows: counting the unpacked ones would train several epochs instead of one)."""
     steps = max_steps if max_steps is not None else cfg.train.max_steps
     if steps:
         return steps
-    per_epoch = math.ceil(n_train / (cfg.train.batch_size * cfg.train.gradient_accumulation_steps))
+    rows = packed_rows(lengths, cfg.model.max_seq_length) if cfg.train.packing else len(lengths)
+    per_epoch = math.ceil(rows / (cfg.train.batch_size * cfg.train.gradient_accumulation_steps))
     return max(1, math.ceil(per_epoch * cfg.train.epochs))
+
+
+def packed_rows(lengths: list[int], seq_length: int) -> int:
+    """How many rows TRL's packing (best-fit decreasing, the SFTTrainer default) makes of rows of
+    these lengths: TRL's own pack_dataset, run on placeholder tokens."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    ids = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.zeros(int(offsets[-1]), dtype=np.int32)))
+    return len(pack_dataset(Dataset(pa.table({"input_ids": ids})), seq_length, "bfd"))
 
 
 def varlen_attention_available() -> bool:

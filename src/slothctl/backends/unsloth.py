@@ -122,6 +122,11 @@ def merge(cfg: Config, model_path: str, adapter_path: str, out_dir, precision: s
         return hf.merge(cfg, model_path, adapter_path, out_dir, precision, emit)
     quantized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, load_in_4bit=True, load_in_8bit=False))
     model, tokenizer = load_adapter(quantized, model_path, adapter_path, emit)
+    from unsloth.save import patch_saving_functions
+
+    # PeftModel.from_pretrained leaves Unsloth's savers bound to the base model, which refuses to
+    # save while it holds LoRA layers; bind them to the PeftModel, as get_peft_model does.
+    patch_saving_functions(model)
     status(emit, "Merging into 4-bit weights with Unsloth (save_pretrained_merged)")
     model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_4bit_forced")
     return "nf4"
