@@ -52,12 +52,13 @@ def _hook(out: Path, first: int, last: int) -> None:
 
 
 def _write(out: Path, profiler, wall: float, steps: int) -> None:
-    kernels = {}
+    kernels, busy = {}, 0.0
     for event in profiler.key_averages():
         device_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-        if device_us > 0:
+        if device_us > 0:  # kernels, and the CPU-side ops that launched them (their kernels' time again)
             kernels[event.key] = {"device_ms_per_step": device_us / 1e3 / steps, "calls_per_step": event.count / steps}
-    busy = sum(k["device_ms_per_step"] for k in kernels.values())
+            if "CPU" not in str(getattr(event, "device_type", "")):
+                busy += device_us / 1e3 / steps  # device events only: the GPU's busy time
     out.write_text(json.dumps({"steps": steps, "wall_ms_per_step": wall * 1e3 / steps,
                                "device_busy_ms_per_step": busy, "kernels": kernels}, indent=1))
 

@@ -57,7 +57,8 @@ if cuda:
     torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()
 output = trainer.train()
-result = {"variant": "raw_hf_plain_loss" if args.plain_loss else "raw_hf", "seconds": time.perf_counter() - start, "train_loss": output.training_loss,
+result = {"variant": "raw_hf_plain_loss" if args.plain_loss else "raw_hf", "seconds": time.perf_counter() - start,
+          "train_loss": output.training_loss,
           "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
           "tokens_per_s": steady_rate(timer.marks, [args.bs * args.seq] * len(timer.marks), args.warmup)}
 json.dump(result, open(args.out, "w"))

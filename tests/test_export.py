@@ -262,3 +262,45 @@ def test_not_enough_disk_is_refused_before_writing(proj, merged, tmp_path):
 def test_missing_gguf_tools_name_the_prepare_command(proj, tmp_path):
     result = run_cli("export", "gguf", cwd=proj, env={"SLOTHCTL_CACHE": str(tmp_path / "empty-cache")})
     assert_usage_error(result, "not prepared", "slothctl export prepare")
+
+
+MAKE_4BIT = """
+import shutil, sys, torch
+from pathlib import Path
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+base, adapter, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter))
+model.merge_and_unload().save_pretrained(out / "fp32")
+for name, source in (("merged", out / "fp32"), ("dropped", Path(base))):
+    quantized = AutoModelForCausalLM.from_pretrained(source, quantization_config=nf4, dtype=torch.float32)
+    quantized.save_pretrained(out / name)
+    for f in adapter.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out / name / f.name)
+"""
+
+
+def test_4bit_check_holds_merges_to_the_models_own_4bit_floor(proj, embedded_model, tmp_path):
+    """The 4-bit fidelity check (Unsloth's 4-bit merge needs CUDA; bitsandbytes NF4 runs on CPU
+    too): a merged-then-quantized model passes; the quantized base without the adapter fails."""
+    import subprocess
+    import sys
+
+    adapter = proj / "runs" / "proj" / "adapter"
+    subprocess.run([sys.executable, "-c", MAKE_4BIT, str(embedded_model), str(adapter), str(tmp_path)],
+                   check=True, capture_output=True, timeout=600)
+    results = {}
+    for name in ("merged", "dropped"):
+        proc = subprocess.run([sys.executable, "-m", "slothctl.export.check", "merged", "--out", str(tmp_path / name),
+                               "--adapter", str(adapter), "--base", str(embedded_model), "--precision", "4bit"],
+                              check=False, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads(proc.stdout.splitlines()[-1])
+    good, bad = results["merged"], results["dropped"]
+    assert 0.3 < good["quantized"]["floor_top1_agreement"] < 0.95  # NF4 costs a 135M model a lot
+    assert good["passed"] and good["quantized"]["adapter_carried"], good
+    assert good["quantized"]["moved_from_quantized_base"] > 0.5 * good["quantized"]["adapter_mean_abs_shift"] > 0
+    assert not bad["passed"] and bad["quantized"]["moved_from_quantized_base"] == 0.0, bad
+    assert "the adapter was not merged" in bad["reason"]

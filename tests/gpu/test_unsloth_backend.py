@@ -147,7 +147,8 @@ def test_chat_on_cuda_answers_like_the_cpu(gpu_run):
 
 def test_merge_4bit_through_unsloth(gpu_run):
     """`merge --precision 4bit` writes a bitsandbytes NF4 model that loads in a fresh process and
-    passes the fidelity check (top-1 agreement with the exact float32 merge)."""
+    passes the fidelity check: about as close to the exact merge as NF4 lets the base model be to
+    itself, and carrying the adapter."""
     project, _ = gpu_run
     result = run_cli("merge", "--precision", "4bit", "--json", "-o", "merged-4bit", cwd=project)
     check = json.loads((project / "merged-4bit" / "slothctl_check.json").read_text()) \
@@ -158,4 +159,4 @@ def test_merge_4bit_through_unsloth(gpu_run):
     config = json.loads((project / "merged-4bit" / "config.json").read_text())
     quant = config.get("quantization_config", {})
     assert quant.get("load_in_4bit") and quant.get("bnb_4bit_quant_type") == "nf4", quant
-    assert check["passed"] and check["precision"] == "4bit", check
+    assert check["passed"] and check["precision"] == "4bit" and check["quantized"]["adapter_carried"], check
