@@ -22,8 +22,9 @@ from pathlib import Path
 PROMPTS = ["What is the capital of Peru?", "Give me three tips for sleeping well.",
            "Explain what a sloth eats, in two sentences."]
 LOGIT_TOLERANCE_32BIT = 1e-3
-FLOOR_MARGIN_4BIT = 0.05  # top-1 agreement a 4-bit merge may lose beyond quantizing the base itself,
-                          # plus two standard errors of that floor (about 9 points on 116 positions at 58%)
+# Top-1 agreement a 4-bit merge may lose beyond what quantizing the base alone costs; two standard
+# errors of that floor's estimate come on top (9 points at 58% over the 116 positions of PROMPTS).
+FLOOR_MARGIN_4BIT = 0.05
 GREEDY_TOKENS = 20
 EOS_BUDGET = 160  # tokens a q-quant may take to stop on a chat prompt
 TIE_MARGIN = 0.25  # logits this close are a tie at f16 precision (measured |diff| 0.06-0.12)

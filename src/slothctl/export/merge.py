@@ -237,5 +237,7 @@ def check_summary(result: dict) -> str:
              f"top-1 agreement {result['top1_agreement']:.1%}"]
     if result.get("delta_retained") is not None:
         parts.append(f"weight update kept {result['delta_retained']:.1%}")
+    if result.get("quantized"):
+        parts.append(f"4-bit base alone {result['quantized']['floor_top1_agreement']:.1%}")
     verdict = "passed" if result.get("passed") else "FAILED"
     return f"check {verdict} on {result['prompts']} prompts: " + ", ".join(parts)
