@@ -286,7 +286,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
 
     check_disk_space(cfg, paths.root, resolved.path, optimizer_name(cfg))
     data = _prepare_data(cfg, resolved.path, emit)
-    total = planned_steps(cfg, [len(e.input_ids) for e in data.train], None)
+    total = planned_steps(cfg, data.train_lengths, None)
     run = checkpoints.run_record(cfg, data.train)
     run["optim"] = _run_optimizer(cfg, plan, optimizer_name(cfg))
     if not from_checkpoint and not plan.forced:
@@ -384,7 +384,7 @@ def _make_trainer(cfg: Config, plan: RunPlan, backend, model, tokenizer, data: P
     extra.update(backend.sft_overrides(cfg))
     args = sft_config(cfg, str(paths.root), total_steps=total, has_eval=bool(data.eval), run_name=cfg.output.name,
                       report_to=tracking.trainer_report_to(cfg), optim=run["optim"],
-                      lengths=[len(e.input_ids) for e in data.train], **extra)
+                      lengths=data.train_lengths, **extra)
     callbacks = []  # in this order: early stopping decides before run control saves; run control arms
     if early:        # the signal handling before progress announces the start
         from transformers import EarlyStoppingCallback

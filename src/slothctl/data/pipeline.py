@@ -61,6 +61,11 @@ class Prepared:
         return [self.tokens.example(i) for i in np.flatnonzero(~self.is_eval)]
 
     @cached_property
+    def train_lengths(self) -> list[int]:
+        """Tokens per training row: what batching and the step plan go by."""
+        return self.tokens.lengths[~self.is_eval].tolist()
+
+    @cached_property
     def eval(self) -> list[Encoded]:
         return [self.tokens.example(i) for i in np.flatnonzero(self.is_eval)]
 
