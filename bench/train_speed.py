@@ -29,6 +29,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -115,13 +116,15 @@ def recompiles(stderr: str) -> int:
     return sum(1 for line in stderr.splitlines() if "Recompiling function" in line)
 
 
+def fresh_run_env(fresh_project: Path, **extra: str) -> dict:
+    """Remove `fresh_project`'s earlier runs; return the environment its `python -m slothctl` child needs."""
+    shutil.rmtree(fresh_project / "runs", ignore_errors=True)
+    return {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}", **extra}
+
+
 def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
     """Run `slothctl train --json` in a fresh process; steady-state tokens/s from its step events."""
-    import shutil
-
-    shutil.rmtree(project / "runs", ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}",
-           **(DIAGNOSE if diagnose else {})}
+    env = fresh_run_env(project, **(DIAGNOSE if diagnose else {}))
     proc = subprocess.run([sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -212,11 +215,8 @@ def profile_pair(shape: str, seq: int, out_dir: Path) -> None:
     data = fixed_data(seq, 10)
     profiler = [sys.executable, str(HERE / "profile_steps.py")]
     project = slothctl_project(f"{shape}-a", model, data, "text", seq, bs, 8, "unsloth", batching="auto")
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    env = fresh_run_env(project)
     out_dir.mkdir(parents=True, exist_ok=True)
-    import shutil
-
-    shutil.rmtree(project / "runs", ignore_errors=True)
     for name, command, cwd in (
             ("a_slothctl", ["-m", "slothctl", "train", "--json"], project),
             ("b_raw", [str(HERE / "raw_unsloth.py"), str(model), str(data), str(WORK / "profile-raw.json"),
