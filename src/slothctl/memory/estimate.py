@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from slothctl.memory.gpus import GIB, Gpu
+from slothctl.memory.gpus import GIB, Gpu, lookup
 from slothctl.memory.shape import ModelShape
 from slothctl.memory.tokens import TokenLoad, token_load
 
@@ -76,6 +76,10 @@ WEIGHTS_SPEED = {"16bit": 1.0, "32bit": 1.0, "4bit": 0.8, "8bit": 0.5}
 # checkpointing, as long as SmolLM2-135M at 8 rows.
 HOST_SECONDS_PER_LAYER = {("unsloth", True): 0.0093, ("unsloth", False): 0.0046,
                           ("hf", True): 0.0147, ("hf", False): 0.0073}
+# Batches whose shapes change from step to step (rows of different lengths, not packed) pay more per step:
+# new attention plans, recompiled kernels. Qwen3-1.7B shape, chat rows, length-grouped batches of 8 and 16:
+# ~0.55 s per step either way (bench/results varlen and issue 15), 2.15x the fixed-shape floor.
+VARIABLE_SHAPES_HOST_FACTOR = 2.15
 HOST_OVERLAP_POWER = 4  # step time = (gpu^p + host^p)^(1/p): the larger one, blended near the crossover
 ATTENTION_BACKWARD = 2.5  # attention backward FLOPs / forward FLOPs (flash-style, scores recomputed)
 
@@ -269,8 +273,11 @@ def memory_breakdown(shape: ModelShape, setup: TrainSetup) -> tuple[dict[str, in
     """Bytes per part at the peak, and which moment the peak is (`loss` or `backward`)."""
     load = token_load(setup.micro_batch, setup.seq_len, setup.batching, setup.lengths)
     tokens, b, h = load.peak_tokens, setup.compute_bytes, shape.hidden
-    masked = setup.backend == "hf" and setup.batching in ("padded", "length_grouped") and load.padding_fraction > 0
-    per_layer = layer_activation_bytes(shape, setup, masked) * tokens + _eager_scores_bytes(shape, setup, load)
+    masked = setup.batching in ("padded", "length_grouped") and load.padding_fraction > 0
+    per_layer = layer_activation_bytes(shape, setup, masked and setup.backend == "hf") * tokens
+    per_layer += _eager_scores_bytes(shape, setup, load)
+    mask = load.peak_rows * load.peak_row_length**2 if masked else 0  # rows x length x length
+    per_layer += mask * b  # SDPA keeps the padding mask, as an additive 16-bit bias, for its backward
     hidden = tokens * h * b
     lora_params = shape.lora_parameters(setup.lora_r, setup.lora_targets)
 
@@ -288,8 +295,8 @@ def memory_breakdown(shape: ModelShape, setup: TrainSetup) -> tuple[dict[str, in
         kept = 3 * hidden  # two GPU buffers the layer inputs pass through, the last layer's input
     else:
         kept = shape.layers * hidden
-    if masked:
-        kept += load.peak_rows * load.peak_row_length**2  # the 4-D boolean attention mask
+    if masked and setup.backend == "hf":
+        kept += mask  # transformers builds one 4-D boolean mask for all layers
     mlp_width = shape.intermediate if setup.backend == "unsloth" else 3 * shape.intermediate
     backward_temporaries = tokens * b * (mlp_width + 2 * h)
 
@@ -327,6 +334,8 @@ def efficiency(shape: ModelShape, setup: TrainSetup) -> float:
 def micro_step_seconds(shape: ModelShape, setup: TrainSetup, gpu: Gpu, load: TokenLoad) -> float:
     gpu_seconds = flops_per_micro_batch(shape, setup, load) / (gpu.tflops * 1e12 * efficiency(shape, setup))
     host = shape.layers * HOST_SECONDS_PER_LAYER[(setup.backend, setup.gradient_checkpointing)]
+    if setup.lengths and setup.batching != "packed" and len(set(setup.lengths)) > 1:
+        host *= VARIABLE_SHAPES_HOST_FACTOR
     p = HOST_OVERLAP_POWER
     return (gpu_seconds**p + host**p) ** (1 / p)
 
@@ -336,8 +345,6 @@ def micro_step_seconds(shape: ModelShape, setup: TrainSetup, gpu: Gpu, load: Tok
 def estimate(shape: ModelShape, setup: TrainSetup, gpu: Gpu | None = None, *, steps: int | None = None,
              max_vram_fraction: float = 0.85) -> Estimate:
     """Memory and time of `setup` on `gpu` (None: an H200-class GPU for time, no fit decision)."""
-    from slothctl.memory.gpus import lookup
-
     parts, peak_at = memory_breakdown(shape, setup)
     torch_peak = sum(parts.values())
     on_gpu = gpu is None or not gpu.is_cpu

@@ -90,7 +90,7 @@ def lookup(name: str) -> Gpu:
 
 def for_device(device_name: str, total_bytes: int) -> Gpu:
     """The GPU that is present, as torch names it, with its measured memory; throughput from the table
-    by name (the closest family), else from its memory class (an unknown GPU)."""
+    by name (the closest family), else a generic 100 TFLOP/s (an unknown GPU)."""
     key = _key(device_name)
     for family, variants in AMBIGUOUS.items():  # "NVIDIA A100": the variant whose memory is nearest
         if family in key and not any(alias in key for v in variants for alias in _aliases(v)):

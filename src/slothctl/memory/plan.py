@@ -62,6 +62,8 @@ def choose_micro_batch(shape: ModelShape, setup: TrainSetup, gpu: Gpu, *, max_vr
 
     Checkpointing is only ever turned off, never on: a run configured without it keeps it off.
     """
+    if gpu.is_cpu:
+        return None
     options = [setup.gradient_checkpointing]
     if setup.gradient_checkpointing and allow_disabling_checkpointing:
         options.append(False)
@@ -110,7 +112,7 @@ def fixes(shape: ModelShape, setup: TrainSetup, gpu: Gpu, *, max_vram_fraction: 
     then fits (same effective batch): a smaller micro-batch alone, gradient checkpointing on, 4-bit base
     weights; a shorter max_seq_length (it truncates data) only when none of those fit. Empty when the
     run fits already, or when nothing helps."""
-    if estimate(shape, setup, gpu, max_vram_fraction=max_vram_fraction).fits:
+    if gpu.is_cpu or estimate(shape, setup, gpu, max_vram_fraction=max_vram_fraction).fits:
         return []
     out: list[Change] = []
     rows = setup.rows_per_step
