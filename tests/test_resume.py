@@ -142,10 +142,10 @@ def test_reference_run_logs_eval_and_tensorboard(reference):
 
 def test_checkpoint_size_estimate_covers_the_real_checkpoint(reference, embedded_model):
     from slothctl import config
-    from slothctl.checkpoints import estimate_checkpoint_bytes
+    from slothctl.training.checkpoints import estimate_checkpoint_bytes
 
     cfg = config.load(reference / "slothctl.toml")
-    estimate = estimate_checkpoint_bytes(cfg, str(embedded_model), "adamw_torch")
+    estimate = estimate_checkpoint_bytes(cfg.lora, cfg.model, str(embedded_model), "adamw_torch")
     checkpoint = reference / "runs" / "ref" / "checkpoint-4"
     real = sum(p.stat().st_size for p in checkpoint.iterdir())
     assert real <= estimate["checkpoint"] <= 1.3 * real, (real, estimate)

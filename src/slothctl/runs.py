@@ -18,6 +18,7 @@ checkpoint); `read_metrics` applies that rule.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -28,8 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from slothctl.errors import UsageError
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_INFO = "slothctl_checkpoint.json"  # written last: a checkpoint without it is incomplete
+ADAPTER_INFO = "slothctl_adapter.json"  # next to an adapter: base model, chat template, backend
 
 
 @dataclass(frozen=True)
@@ -235,17 +239,39 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second slothctl on the same folder exits 2."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"run folder {root} is in use by another slothctl process",
+                             "wait for it to finish, or stop it (Ctrl-C saves a checkpoint)") from None
+        yield
+    finally:
+        handle.close()
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or the closest folder above it that exists (where a new run folder would be created)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def adapter_info(adapter: Path) -> dict:
     """What training recorded next to an adapter (base model, chat template, backend)."""
-    info = adapter / "slothctl_adapter.json"
+    info = adapter / ADAPTER_INFO
     return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
 
 
 def resolve_adapter(run_root: Path, adapter: Path | None = None, checkpoint: int | None = None) -> Path:
     """The adapter a command should use: `--adapter PATH`, else `--checkpoint N` of the run, else the
     run's final adapter. Raises a UsageError that says what to do when it is missing."""
-    from slothctl.errors import UsageError
-
     paths = RunPaths(run_root)
     if adapter is not None:
         path = Path(adapter).expanduser()

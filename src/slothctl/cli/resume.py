@@ -24,7 +24,7 @@ def resume(
     """Continue an interrupted run from its newest complete checkpoint to the configured end."""
     out = start(json_mode)
     cfg = load_config(config, sets, [f"train.max_steps={max_steps}"] if max_steps else None)
-    from slothctl.training import train as run_training
+    from slothctl.training.run import train as run_training
 
     with TrainView(out) as view:
         result = run_training(cfg, view, force_resume=force_resume, from_checkpoint=from_checkpoint,

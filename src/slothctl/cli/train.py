@@ -54,7 +54,7 @@ def train(
         from slothctl.errors import UsageError
 
         raise UsageError("--fresh and --force-resume exclude each other", "choose one")
-    from slothctl.training import train as run_training
+    from slothctl.training.run import train as run_training
 
     with TrainView(out) as view:
         result = run_training(cfg, view, fresh=fresh, force_resume=force_resume)

@@ -22,16 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__, backends, models
+from slothctl import __version__, backends, libraries, models
+from slothctl.backends import LoadOptions
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
-from slothctl.runs import RunPaths, adapter_info, atomic_dir, file_sha256, resolve_adapter, write_json_atomic
+from slothctl.runs import ADAPTER_INFO, RunPaths, adapter_info, atomic_dir, file_sha256, resolve_adapter, \
+    write_json_atomic
 
 PRECISIONS = ("16bit", "32bit", "4bit", "lora")
 MERGED_INFO = "slothctl_merged.json"
 CHECK_FILE = "slothctl_check.json"
-ADAPTER_INFO = "slothctl_adapter.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", ADAPTER_INFO) + TOKENIZER_FILES
@@ -199,13 +200,12 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
             eos_ids: list[int] = []
         else:
             backend = backends.get(backend_name)
-            from slothctl.training import quiet_libraries
-
-            quiet_libraries()
+            libraries.quiet()
             resolved = models.resolve(base_name, cfg.project_dir, emit)
             params = parameter_count(resolved.path)
             require_disk(target, int(params * BYTES_PER_PARAM[precision]) if params else None, "merged model")
-            dtype = backend.merge(cfg, resolved.path, str(adapter_path), tmp, precision, emit)
+            dtype = backend.merge(cfg.model, resolved.path, str(adapter_path), tmp, precision=precision,
+                                  dtype=cfg.export.dtype, options=LoadOptions.of(cfg), emit=emit)
             copy_tokenizer(adapter_path, tmp)
             eos_ids = write_generation_config(tmp, adapter_path)
         write_json_atomic(tmp / MERGED_INFO, {

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from slothctl import __version__
-from slothctl.config import Config
+from slothctl.config import Config, LoraConfig, ModelConfig
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, atomic_dir, fsync_dir, fsync_tree, rotate_checkpoints, \
     write_json_atomic
 
@@ -144,23 +144,23 @@ def run_record(cfg: Config, examples) -> dict[str, Any]:
 
 # ---- disk space ---------------------------------------------------------------------------------------------------
 
-def lora_parameter_count(cfg: Config, model_path: str) -> int | None:
+def lora_parameter_count(lora: LoraConfig, model: ModelConfig, model_path: str) -> int | None:
     """Trainable LoRA parameters, counted on a weightless (meta-device) copy of the model."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(model_path, revision=cfg.model.revision or None,
-                                            trust_remote_code=cfg.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(model_path, revision=model.revision or None,
+                                            trust_remote_code=model.trust_remote_code)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
     except Exception:  # noqa: BLE001 - no estimate is better than a wrong refusal; loading will tell
         return None
-    targets = set(cfg.lora.target_modules)
+    targets = set(lora.target_modules)
     total = 0
-    for name, module in model.named_modules():
+    for name, module in meta.named_modules():
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += cfg.lora.r * (module.in_features + module.out_features)
+            total += lora.r * (module.in_features + module.out_features)
     return total
 
 
@@ -175,9 +175,10 @@ def optimizer_bytes_per_parameter(optim: str) -> int:
     return 8
 
 
-def estimate_checkpoint_bytes(cfg: Config, model_path: str, optim: str) -> dict[str, int] | None:
+def estimate_checkpoint_bytes(lora: LoraConfig, model: ModelConfig, model_path: str,
+                              optim: str) -> dict[str, int] | None:
     """What one checkpoint plus the final adapter will take on disk, from the adapter and optimizer sizes."""
-    params = lora_parameter_count(cfg, model_path)
+    params = lora_parameter_count(lora, model, model_path)
     if params is None:
         return None
     tokenizer = 0
