@@ -282,6 +282,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     backend = backends.get(backend_name)  # imports unsloth first when it is the backend
     quiet_libraries()
     resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     from slothctl.backends.common import optimizer_name, planned_steps
 
     check_disk_space(cfg, paths.root, resolved.path, optimizer_name(cfg))
