@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 
 from conftest import assert_usage_error, make_project, run_cli
 from data_files import config_for, sharegpt, write_jsonl
-from test_cli import HEAVY, PROBE
+from test_cli import assert_light
 
 MODEL = "embedded:smollm2-135m"
 
@@ -124,9 +122,7 @@ def test_inspect_uses_the_project_and_imports_nothing_heavy(project, tmp_path):
     for args in (["data", "inspect", str(jsonl_file), "--model", MODEL, "--show", "1"],
                  ["data", "inspect", str(csv_file), "--model", MODEL, "--json"],
                  ["data", "inspect", "-c", str(project / "slothctl.toml"), "--json"]):
-        proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
-                              text=True, timeout=120, cwd=tmp_path)
-        assert proc.stderr.strip().splitlines()[-1] == "HEAVY=", proc.stderr
+        assert_light(args, cwd=tmp_path)
 
 
 BAD_INPUTS = {

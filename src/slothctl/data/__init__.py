@@ -43,8 +43,15 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     written is a warning (training goes on), or with `must_store` an error."""
     from slothctl.data import cache
     from slothctl.data.sources import fingerprint_source
+    from slothctl.models import blocking_file
 
     strict = cfg.data.strict if strict is None else strict
+    blocker = blocking_file(cache.cache_dir())  # a file where the cache folder goes: say which, before any work
+    fix = f"remove {blocker}, or set SLOTHCTL_DATA_CACHE to a folder" if blocker else \
+        "set SLOTHCTL_DATA_CACHE to a writable folder"
+    if blocker and must_store:
+        raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {blocker} is a file, not a folder",
+                         fix)
     key = _key(cfg, tok, fingerprint_source(cfg.data.source, cfg.project_dir, cfg.data.subset, cfg.data.split))
     found = cache.read(key)
     if found is not None:
@@ -58,10 +65,10 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     try:
         path = cache.write(prepared, key)
     except OSError as exc:  # a full disk or read-only cache costs the caching, not the run
+        problem = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         if must_store:
-            raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {exc.strerror or exc}",
-                             "set SLOTHCTL_DATA_CACHE to a writable folder") from None
-        warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {exc.strerror or exc}")
+            raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {problem}", fix) from None
+        warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {problem} ({fix})")
         prepared.cache = {"key": key, "path": None, "hit": False}
         return prepared
     prepared.cache = {"key": key, "path": str(path), "hit": False}

@@ -70,10 +70,15 @@ class Prepared:
         return [self.tokens.example(i) for i in np.flatnonzero(self.is_eval)]
 
 
-def load_rows(cfg: Config, emit: Emit = ignore) -> Rows:
-    """The source's rows with [data] max_rows and columns applied; an empty dataset is an error."""
+def load_rows(cfg: Config, emit: Emit = ignore, strict: bool = False) -> Rows:
+    """The source's rows with [data] max_rows and columns applied; an empty dataset is an error, and
+    so, with `strict`, is a file that was probably not read as meant (else a warning)."""
     data = cfg.data
     rows = read_source(data.source, cfg.project_dir, data.subset, data.split)
+    for suspect in rows.suspects:
+        if strict:
+            raise suspect
+        warning(emit, suspect.one_line())
     if rows.skipped:
         shown = ", ".join(rows.skipped[:5]) + (f" and {len(rows.skipped) - 5} more" if len(rows.skipped) > 5 else "")
         warning(emit, f"skipped files that are not data: {shown}")
@@ -82,7 +87,7 @@ def load_rows(cfg: Config, emit: Emit = ignore) -> Rows:
     if not rows.rows:
         raise DataError(f"the dataset {data.source} is empty (no rows)",
                         "check the file, or [data] split/subset for a hub dataset")
-    formats.rename_columns(rows.rows, data.columns)
+    formats.rename_columns(rows.rows, data.columns, where=str(resolve_source(data.source, cfg.project_dir)))
     return rows
 
 
@@ -217,8 +222,8 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     """Read, standardise, render, tokenize, mask and split the configured dataset."""
     data = cfg.data
     strict = data.strict if strict is None else strict
-    source = load_rows(cfg, emit)
-    detection = formats.detect(source.rows, data.format)
+    source = load_rows(cfg, emit, strict)
+    detection = formats.detect(source.rows, data.format, where=str(resolve_source(data.source, cfg.project_dir)))
     status(emit, detection.reason)
     template = select_template(cfg, tok) if formats.is_conversational(detection.format) else None
     end = template.end_of_turn if template else tok.eos_token

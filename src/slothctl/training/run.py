@@ -100,6 +100,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first when it is the backend
     libraries.quiet()
     resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     optim = arguments.optimizer_name(cfg.train)
     check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
