@@ -29,7 +29,7 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 LIGHT_COMMANDS = [["--help"], ["--version"], ["init", "--help"], ["train", "--help"], ["resume", "--help"],
                   ["data", "--help"], ["data", "inspect", "--help"], ["data", "format", "--help"],
                   ["chat", "--help"], ["merge", "--help"], ["export", "gguf", "--help"], ["push", "--help"],
-                  ["doctor", "--help"]]
+                  ["pull", "--help"], ["doctor", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=["-".join(a).strip("-") for a in LIGHT_COMMANDS])

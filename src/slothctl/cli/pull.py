@@ -31,6 +31,7 @@ def pull(
     result = pull_run(cfg.remote.volume, name, cfg.run_dir.parent, checkpoints=checkpoints, force=force,
                       emit=out.event)
     left = f"; left on the volume: {', '.join(result.left)} (--checkpoints copies them)" if result.left else ""
+    chat = "slothctl chat" + ("" if name == cfg.output.name else f" --set output.name={name}")
     out.result({"event": "done", **result.to_json()},
                f"[green]Pulled[/] {len(result.files)} files ({result.bytes / 1e6:,.1f} MB) into "
-               f"{escape(str(result.run_dir))}{escape(left)}\nNext: slothctl chat")
+               f"{escape(str(result.run_dir))}{escape(left)}\nNext: {escape(chat)}")

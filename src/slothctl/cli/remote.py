@@ -61,6 +61,9 @@ def run_remotely(out: Output, cfg, provider: str | None, command: str, *, dry_ru
             f"Fetch it:  slothctl pull {outcome.run}  (what is on the volume so far, or all of it once done)"))
         return
     done, run = outcome.get("done") or {}, outcome["run"]
+    out.event(Event("status", {"run": run},
+                    f"The run is on the Modal Volume {plan.volumes[plan.runs_mount]}; copy it here with: "
+                    f"slothctl pull {run}"))
     if training and "steps" in done:
         from slothctl.cli.train import render_result
 
@@ -68,9 +71,6 @@ def run_remotely(out: Output, cfg, provider: str | None, command: str, *, dry_ru
     else:
         out.result({"event": "done", **done, "run": run},
                    f"[green]Done on Modal[/]: {escape(str(done.get('out') or run))}")
-    out.event(Event("status", {"run": run},
-                    f"The run is on the Modal Volume {plan.volumes[plan.runs_mount]}; copy it here with: "
-                    f"slothctl pull {run}"))
 
 
 def remote_flags(**values: Any) -> list[str]:

@@ -32,7 +32,7 @@ class RunStore(Protocol):
     name: str  # for messages
 
     def list_files(self, prefix: str) -> list[StoredFile]:
-        """Every file under `prefix` (recursively); empty when there is no such folder."""
+        """Every file under `prefix` (recursively), or the file `prefix`; empty when there is none."""
 
     def read(self, path: str) -> Iterator[bytes]:
         """The file's bytes, in chunks."""
@@ -47,10 +47,8 @@ class FolderStore:
 
     def list_files(self, prefix: str) -> list[StoredFile]:
         base = self.root / prefix
-        if not base.is_dir():
-            return []
-        return [StoredFile(p.relative_to(self.root).as_posix(), p.stat().st_size)
-                for p in sorted(base.rglob("*")) if p.is_file()]
+        found = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+        return [StoredFile(p.relative_to(self.root).as_posix(), p.stat().st_size) for p in found]
 
     def read(self, path: str) -> Iterator[bytes]:
         with open(self.root / path, "rb") as handle:
