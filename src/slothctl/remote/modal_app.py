@@ -185,13 +185,10 @@ def _follow(call, events, emit: Emit) -> dict[str, Any]:
 
 
 def _outcome(result: dict[str, Any]) -> dict[str, Any]:
-    """The worker's result, or the error the remote command ended with (same exit codes as locally)."""
-    code = result["exit_code"]
-    message = (result.get("error") or {}).get("message") or f"the remote command ended with exit code {code}"
-    if code == 2:
+    """The worker's result, or the bad input the remote command stopped on (exit 2, as locally)."""
+    if result["exit_code"] != 0:
+        message = (result.get("error") or {}).get("message") or f"exit code {result['exit_code']}"
         raise UsageError(f"remote: {message}")
-    if code == 130:
-        raise Interrupted(f"remote: {message}", "continue with: slothctl resume --remote modal")
     return result
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from slothctl.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RuntimeFailure
+from slothctl.errors import EXIT_OK, EXIT_USAGE, RuntimeFailure
 
 MARKERS = ".slothctl-remote"  # folder of job markers in the runs volume (not part of any run folder)
 STOP_GRACE_S = 120  # how long a stopped child may take to finish its step and save a checkpoint
@@ -122,9 +122,9 @@ def run_job(job: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> dict
     result = {"exit_code": EXIT_OK, "run": marker["run"], "attempt": marker["attempt"], "done": None}
     for argv in commands:
         result["exit_code"], result["done"] = _run_child(argv, job["cwd"], send)
-        if result["exit_code"] in (EXIT_USAGE, EXIT_INTERRUPTED):  # bad input, stopped: a retry would not help
+        if result["exit_code"] == EXIT_USAGE:  # bad input: a retry would not help
             return result
-        if result["exit_code"] != EXIT_OK:
+        if result["exit_code"] != EXIT_OK:  # a failure or a signal (a preemption's): retried, from the checkpoint
             raise AttemptFailed(f"slothctl {' '.join(argv[:2])} ended with exit code {result['exit_code']} "
                                 f"(attempt {marker['attempt']})")
     return result
