@@ -375,3 +375,49 @@ def test_remote_results_render_like_local_ones(retried, monkeypatch, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert ended.value.code == 0 and "modal app logs ap-1" in out and "slothctl pull killed" in out
     assert ask_stop_or_detach(Output(json_mode=True)) == "stop"  # nobody to ask: do not leave it running
+
+
+def test_following_a_run_passes_its_events_on_and_ends_as_it_ended():
+    """The attached loop with stand-ins for the events queue and the function call: events in order,
+    the remote `done` and `error` not repeated (the command renders its own), exit codes kept."""
+    pytest.importorskip("modal")
+    import queue
+
+    from slothctl.errors import RuntimeFailure, UsageError
+    from slothctl.remote import modal_app
+
+    class Events:
+        def __init__(self, *batches):
+            self.batches = list(batches)
+
+        def get_many(self, n, block=True, timeout=None):
+            if not self.batches:
+                raise queue.Empty
+            return self.batches.pop(0)
+
+    class Call:
+        def __init__(self, outcome, polls=3):
+            self.outcome, self.polls = outcome, polls
+
+        def get(self, timeout=None):
+            self.polls -= 1
+            if self.polls > 0:
+                raise TimeoutError
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    def follow(outcome, *batches):
+        seen = []
+        result = modal_app._outcome(modal_app._follow(Call(outcome), Events(*batches), seen.append))
+        return result, seen
+
+    steps = [{"event": "start", "total_steps": 2, "step": 0}, {"event": "step", "step": 1, "loss": 2.5}]
+    result, seen = follow({"exit_code": 0, "run": "r", "done": {"steps": 2}}, steps, [{"event": "done", "steps": 2}])
+    assert [e.kind for e in seen] == ["start", "step"] and seen[1].data == {"step": 1, "loss": 2.5}
+    assert result["done"] == {"steps": 2}
+    with pytest.raises(UsageError, match="remote: .*no run at"):
+        follow({"exit_code": 2, "run": "r", "done": None},
+               [{"event": "error", "message": "no run at /x to resume", "exit_code": 2}])
+    with pytest.raises(RuntimeFailure, match="no retries left"):
+        follow(worker.AttemptFailed("slothctl train ended with exit code 1 (attempt 4)"), steps)

@@ -162,9 +162,10 @@ def _follow(call, events, emit: Emit) -> dict[str, Any]:
         except queue_module.Empty:
             return
         for data in batch:
-            if data.get("event") == "error":
+            if data.get("event") == "error":  # raised here as it was there, by _outcome
                 last_error = data
-            emit(_event(data))
+            elif data.get("event") != "done":  # the result carries it; the command renders it
+                emit(_event(data))
 
     while True:
         drain(block=True)
