@@ -113,7 +113,8 @@ def describe(plan) -> str:
         f"Would run on Modal (nothing was contacted): slothctl {' '.join(command)}"
         + (" (--fresh: a new run folder on the volume)" if job["fresh"] else ""),
         f"  gpu       {plan.gpu}, timeout {plan.timeout_s / 3600:g} h per attempt, {retries}",
-        f"  image     debian slim, Python {plan.python}; pip install: {' '.join(plan.packages)}",
+        f"  image     debian slim, Python {plan.python}; pip install (as {plan.requirements_from} declares): "
+        f"{' '.join(plan.packages)}",
     ]
     if plan.no_deps_packages:
         lines.append(f"            pip install --no-deps: {' '.join(plan.no_deps_packages)}")

