@@ -38,7 +38,7 @@ def assert_light(args: list[str], cwd: Path | str | None = None) -> None:
 LIGHT_COMMANDS = [["--help"], ["--version"], ["init", "--help"], ["train", "--help"], ["resume", "--help"],
                   ["data", "--help"], ["data", "inspect", "--help"], ["data", "format", "--help"],
                   ["chat", "--help"], ["merge", "--help"], ["export", "gguf", "--help"], ["push", "--help"],
-                  ["doctor", "--help"]]
+                  ["pull", "--help"], ["doctor", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=["-".join(a).strip("-") for a in LIGHT_COMMANDS])

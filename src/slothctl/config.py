@@ -221,6 +221,26 @@ class HubConfig:
 
 
 @dataclass
+class RemoteConfig:
+    """[remote]: `--remote modal`: train, merge and export on a cloud GPU (needs `pip install 'slothctl[modal]'`)."""
+
+    provider: str = key("modal", "Cloud service `--remote` runs on.", choices=("modal",))
+    gpu: str = key("L40S", "GPU as Modal names it: `L40S`, `A100-80GB`, `H100`, `H200`, `B200`, ...; `TYPE:N` reserves "
+                   "N of them (slothctl trains on one so far).")
+    timeout_hours: float = key(6.0, "Longest one attempt may run before Modal stops it.", min=0.0, max=24.0,
+                               min_exclusive=True)
+    retries: int = key(3, "Attempts Modal makes again after a failed one; each continues from the newest checkpoint "
+                       "(a preempted attempt is restarted as well).", min=0, max=10)
+    volume: str = key("slothctl-runs", "Modal Volume that holds the run folders; it is mounted where [output] dir "
+                      "points, so runs/<name>/ looks the same there as here (`slothctl pull` copies it back).")
+    cache_volume: str = key("slothctl-cache", "Modal Volume for downloaded models and datasets and slothctl's cache, "
+                            "kept between runs.")
+    secrets: list[str] = key([], "Modal Secrets whose variables the remote run sees, e.g. one holding HF_TOKEN "
+                             "or WANDB_API_KEY.")
+    python: str = key("3.11", "Python version of the remote image.", choices=("3.11", "3.12", "3.13"))
+
+
+@dataclass
 class Config:
     """The whole project file. `source` is the file it came from (for messages and relative paths)."""
 
@@ -232,6 +252,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     source: Path | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -24,6 +24,7 @@ from slothctl.cli.doctor import doctor
 from slothctl.cli.export import export_app
 from slothctl.cli.init import init
 from slothctl.cli.merge import merge
+from slothctl.cli.pull import pull
 from slothctl.cli.push import push
 from slothctl.cli.resume import resume
 from slothctl.cli.train import train
@@ -62,6 +63,7 @@ app.command()(chat)
 app.command()(merge)
 app.add_typer(export_app, name="export")
 app.command()(push)
+app.command()(pull)
 app.command()(doctor)
 
 

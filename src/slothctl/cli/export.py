@@ -9,6 +9,7 @@ import typer
 
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
 from slothctl.cli.merge import AdapterOption, CheckpointOption, ForceOption, NoCheckOption, merge
+from slothctl.cli.remote import DetachOption, RemoteOption
 
 export_app = typer.Typer(help="Export the trained model: a merged folder, or GGUF files with an Ollama Modelfile.",
                          no_args_is_help=True)
@@ -29,11 +30,19 @@ def gguf(
                                                 "(default: runs/<name>/gguf).")] = None,
     force: ForceOption = False,
     no_check: NoCheckOption = False,
+    remote: RemoteOption = None,
+    detach: DetachOption = False,
     json_mode: JsonOption = False,
 ) -> None:
     """Convert the merged model to GGUF with llama.cpp, write an Ollama Modelfile, check both."""
     out_ = start(json_mode)
     cfg = load_config(config, sets)
+    if remote or detach:
+        from slothctl.cli.remote import remote_flags, run_remotely
+
+        return run_remotely(out_, cfg, remote, "export-gguf", detach=detach, sets=sets, local_only={
+                            "--adapter": adapter, "--merged": merged, "--out": out},
+                            args=remote_flags(quant=quant, checkpoint=checkpoint, force=force, no_check=no_check))
     from slothctl.export.gguf import export_gguf, gguf_check_summary
 
     result = export_gguf(cfg, quants=quant, adapter=adapter, checkpoint=checkpoint, merged=merged, out=out,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.remote import DetachOption, RemoteOption
 
 Precision = Literal["16bit", "32bit", "4bit", "lora"]  # slothctl.export.merge.PRECISIONS
 
@@ -31,11 +32,19 @@ def merge(
                             "(same as --set export.precision=...).")] = None,
     force: ForceOption = False,
     no_check: NoCheckOption = False,
+    remote: RemoteOption = None,
+    detach: DetachOption = False,
     json_mode: JsonOption = False,
 ) -> None:
     """Merge the LoRA adapter into its base model: safetensors, tokenizer, generation config, checked."""
     out_ = start(json_mode)
     cfg = load_config(config, sets, [f"export.precision={precision}"] if precision else None)
+    if remote or detach:
+        from slothctl.cli.remote import remote_flags, run_remotely
+
+        return run_remotely(out_, cfg, remote, "merge", detach=detach, sets=sets, local_only={"--adapter": adapter,
+                            "--out": out}, args=remote_flags(precision=precision, checkpoint=checkpoint, force=force,
+                                                             no_check=no_check))
     from slothctl.export.merge import check_summary, merge as run_merge
 
     result = run_merge(cfg, adapter=adapter, checkpoint=checkpoint, out=out, force=force, check=not no_check,

@@ -9,6 +9,7 @@ import typer
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
 from slothctl.cli.output import Output
 from slothctl.cli.progress import TrainView
+from slothctl.cli.remote import DetachOption, RemoteOption
 
 MaxStepsOption = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after N steps (same as --set train.max_steps=N); more than before trains longer.")]
@@ -36,7 +37,10 @@ def train(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over in a new run folder (<name>-2, -3, ...) "
                                         "instead of resuming the existing one.")] = False,
     force_resume: ForceResumeOption = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config (with --remote: what would "
+                                          "run where) and stop.")] = False,
+    remote: RemoteOption = None,
+    detach: DetachOption = False,
     json_mode: JsonOption = False,
 ) -> None:
     """Train a LoRA adapter: checkpoints, adapter/ and summary.json go to runs/<name>/.
@@ -45,7 +49,7 @@ def train(
     """
     out = start(json_mode)
     cfg = load_config(config, sets, [f"train.max_steps={max_steps}"] if max_steps else None)
-    if dry_run:
+    if dry_run and not (remote or detach):
         from slothctl.config import to_toml
 
         out.result({"config": cfg.to_dict(), "run_dir": str(cfg.run_dir)}, to_toml(cfg))
@@ -54,6 +58,11 @@ def train(
         from slothctl.errors import UsageError
 
         raise UsageError("--fresh and --force-resume exclude each other", "choose one")
+    if remote or detach:
+        from slothctl.cli.remote import run_remotely
+
+        return run_remotely(out, cfg, remote, "train", dry_run=dry_run, detach=detach, sets=sets, max_steps=max_steps,
+                            fresh=fresh, force_resume=force_resume)
     from slothctl.training.run import train as run_training
 
     with TrainView(out) as view:
