@@ -1,8 +1,9 @@
 """Refusals before the model loads (exit 2, nothing written): a run folder that cannot be written,
-a disk too small for a checkpoint and the final adapter."""
+a disk too small for a checkpoint and the final adapter, bitsandbytes missing where it is needed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -50,3 +51,15 @@ def check_disk_space(lora: LoraConfig, model: ModelConfig, root: Path, model_pat
             f"{_size(estimate['needed'])} (adapter {_size(estimate['adapter'])}, optimizer state "
             f"{_size(estimate['optimizer'])})", "free some space or set [output] dir to a larger disk")
     return estimate
+
+
+def check_bitsandbytes(model: ModelConfig, optim: str) -> None:
+    """Exit 2 when 4/8-bit loading or an 8-bit optimizer (`optim = "auto"` on CUDA) needs bitsandbytes
+    and it is not installed (it comes with the `cuda` and `unsloth` extras)."""
+    needs = [what for what, used in (("[model] load_in_4bit", model.load_in_4bit),
+                                      ("[model] load_in_8bit", model.load_in_8bit),
+                                      (f"the optimizer {optim}", "8bit" in optim)) if used]
+    if needs and importlib.util.find_spec("bitsandbytes") is None:
+        other = ', or set [train] optim = "adamw_torch"' if "8bit" in optim and len(needs) == 1 else ""
+        raise UsageError(f"{needs[0]} needs bitsandbytes (CUDA), which is not installed",
+                         f"pip install 'slothctl[cuda]'{other}")

@@ -31,7 +31,7 @@ from slothctl.events import Emit, Event, ignore, status
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
 from slothctl.training import arguments, callbacks, checkpoints, trackers
-from slothctl.training.checks import check_disk_space, check_writable
+from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
@@ -103,6 +103,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     libraries.quiet()
     resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
     optim = arguments.optimizer_name(cfg.train)
+    check_bitsandbytes(cfg.model, optim)
     check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
     data = setup_data(cfg, resolved.path, emit)
