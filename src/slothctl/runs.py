@@ -270,6 +270,16 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+FREE_BYTES_ENV = "SLOTHCTL_FREE_BYTES"  # pretend only this many bytes are free (tests the disk checks)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds (or will hold) `path`: what every disk check compares with."""
+    if os.environ.get(FREE_BYTES_ENV):
+        return int(os.environ[FREE_BYTES_ENV])
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
 def adapter_info(adapter: Path) -> dict:
     """What training recorded next to an adapter (base model, chat template, backend)."""
     info = adapter / ADAPTER_INFO

@@ -36,7 +36,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__
+from slothctl import __version__, models
 from slothctl.config import Config, LoraConfig, ModelConfig
 from slothctl.events import Emit, Event
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, fsync_dir, fsync_tree, rotate_checkpoints, write_json_atomic
@@ -163,23 +163,15 @@ def run_record(cfg: Config, examples) -> dict[str, Any]:
 # ---- disk space ---------------------------------------------------------------------------------------------------
 
 def lora_parameter_count(lora: LoraConfig, model: ModelConfig, model_path: str) -> int | None:
-    """Trainable LoRA parameters, counted on a weightless (meta-device) copy of the model."""
+    """Trainable LoRA parameters: r x (inputs + outputs) of each targeted linear layer."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(model_path, revision=model.revision or None,
-                                            trust_remote_code=model.trust_remote_code)
-        with torch.device("meta"):
-            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
-    except Exception:  # noqa: BLE001 - no estimate is better than a wrong refusal; loading will tell
+    meta = models.architecture(model_path, model.revision, model.trust_remote_code)
+    if meta is None:
         return None
     targets = set(lora.target_modules)
-    total = 0
-    for name, module in meta.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += lora.r * (module.in_features + module.out_features)
-    return total
+    return sum(lora.r * (module.in_features + module.out_features) for name, module in meta.named_modules()
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
 
 
 def optimizer_bytes_per_parameter(optim: str) -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from slothctl.config import LoraConfig, ModelConfig
 from slothctl.errors import UsageError
-from slothctl.runs import nearest_existing
+from slothctl.runs import free_bytes, nearest_existing
 from slothctl.training.checkpoints import estimate_checkpoint_bytes
 
 
@@ -44,7 +43,7 @@ def check_disk_space(lora: LoraConfig, model: ModelConfig, root: Path, model_pat
     estimate = estimate_checkpoint_bytes(lora, model, model_path, optim)
     if estimate is None:
         return None
-    free = shutil.disk_usage(nearest_existing(root)).free
+    free = free_bytes(root)
     if free < estimate["needed"]:
         raise UsageError(
             f"not enough disk space for {root}: {_size(free)} free, a checkpoint and the final adapter need about "
