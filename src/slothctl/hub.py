@@ -23,7 +23,6 @@ from slothctl.model_card import describe_base, read_run, render_card
 from slothctl.runs import RunPaths
 
 WHATS = ("adapter", "merged", "gguf")
-REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Training state that checkpoints carry next to their adapter: not part of a published model.
 TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin"}
 MARKERS = {"adapter": "adapter_config.json", "merged": "config.json"}
@@ -117,6 +116,7 @@ def _adapter_config_for_hub(path: Path, hub_id: str | None) -> bytes | None:
 
 
 def _valid_on_hub(repo_id: str) -> bool:
+    """huggingface_hub's own rules for a repository id ([owner/]name)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -135,7 +135,7 @@ def plan(cfg: Config, repo_id: str | None, *, what: str | None = None, path: Pat
     repo_id = repo_id or cfg.hub.repo_id
     if not repo_id:
         raise UsageError("no repository given", "pass REPO_ID (e.g. me/my-model) or set [hub] repo_id")
-    if not REPO_ID.match(repo_id) or not _valid_on_hub(repo_id):
+    if not _valid_on_hub(repo_id):
         raise UsageError(f"`{repo_id}` is not a Hub repository id", "use owner/name, e.g. me/my-model")
     if what is not None and what not in WHATS:
         raise UsageError(f"--what {what}: expected one of {', '.join(WHATS)}")

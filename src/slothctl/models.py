@@ -49,7 +49,7 @@ EMBEDDED = {
     ),
 }
 EMBEDDED_PREFIX = "embedded:"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name: a model or dataset on the Hub
 CONVERSION_VERSION = "1"  # bump when the conversion below changes
 
 
@@ -222,13 +222,12 @@ def _convert_gguf(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     tokenizer.eos_token = spec.eos_token
     tokenizer.pad_token = spec.pad_token
     tokenizer.clean_up_tokenization_spaces = False  # destructive for BPE tokenizers, and warns at every load
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.hf_quantizer = None
     model.config.eos_token_id = eos_id
     model.config.pad_token_id = pad_id
-    model.config._name_or_path = EMBEDDED_PREFIX + next(k for k, v in EMBEDDED.items() if v is spec)
+    model.config.name_or_path = EMBEDDED_PREFIX + next(k for k, v in EMBEDDED.items() if v is spec)
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
     model.save_pretrained(out)
@@ -240,3 +239,25 @@ def _convert_gguf(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     (out / "slothctl_embedded.json").write_text(json.dumps({
         "source": str(gguf), "package": spec.package, "description": spec.description,
         "conversion_version": CONVERSION_VERSION}, indent=2) + "\n")
+
+
+def architecture(path: str, revision: str = "", trust_remote_code: bool = False):
+    """The model as its config.json describes it, built on the meta device: every layer and parameter
+    shape, no weight loaded (a quantized checkpoint counts as its unquantized architecture, which is
+    what LoRA trains on and a merge writes). None when the config cannot be read; callers then skip
+    their estimate rather than refuse on a guess."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision or None, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an unknown architecture, a missing or gated config: no estimate
+        return None
+
+
+def parameter_count(path: str, revision: str = "", trust_remote_code: bool = False) -> int | None:
+    """Parameters of the model (shared ones once), from its architecture."""
+    model = architecture(path, revision, trust_remote_code)
+    return None if model is None else sum(p.numel() for p in model.parameters())

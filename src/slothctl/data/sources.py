@@ -16,15 +16,14 @@ import csv
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from slothctl.errors import DataError
+from slothctl.models import HUB_ID
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass

@@ -28,10 +28,10 @@ from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
 from slothctl.errors import Interrupted
 from slothctl.events import Emit, Event, ignore, status
-from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, locked, read_metrics, \
-    write_json_atomic, write_text_atomic
+from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
+    read_metrics, write_json_atomic, write_text_atomic
 from slothctl.training import arguments, callbacks, checkpoints, trackers
-from slothctl.training.checks import check_disk_space, check_writable
+from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
@@ -75,7 +75,9 @@ def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume
         except KeyboardInterrupt:
             if not (stop.requested and stop.forced):
                 raise
-            latest = RunPaths(where["root"]).latest_checkpoint()
+            paths = RunPaths(where["root"])
+            clean_incomplete(paths)  # a checkpoint the trainer was writing never got its marker
+            latest = paths.latest_checkpoint()
             kept = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written"
             raise Interrupted(f"stopped at once by a second {stop.forced}; {kept}",
                               f"continue with: {where['resume']}" if latest else None) from None
@@ -102,6 +104,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
     models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     optim = arguments.optimizer_name(cfg.train)
+    check_bitsandbytes(cfg.model, optim)
     check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
     data = setup_data(cfg, resolved.path, emit)
@@ -180,8 +183,9 @@ def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, grad
 def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backend, model, tokenizer,
                   data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop):
     """[train]: the SFTTrainer (arguments.py maps the section) with our callbacks, in this order: early
-    stopping decides before run control saves; run control arms the signal handling before progress
-    announces the start."""
+    stopping decides before run control asks for a save; checkpoint completion sees that request
+    (and announces a checkpoint only once it is complete); run control arms the signal handling
+    before progress announces the start."""
     paths = plan.paths
     has_eval = bool(data.eval)
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
@@ -195,9 +199,10 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
         hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer_ref: list = []
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
+              checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
               callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
-    trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks, run)
+    trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks)
     trainer_ref.append(trainer)
     return trainer
 
@@ -205,12 +210,14 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
 # ---- train and save -------------------------------------------------------------------------------------------------
 
 def fit(trainer, plan: RunPlan, total: int) -> int:
-    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached."""
-    if plan.resume_step is not None and plan.resume_step >= total:  # killed after its last checkpoint
-        trainer._load_from_checkpoint(str(plan.checkpoint))
-        trainer.state.global_step = plan.resume_step
-    else:
-        trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached.
+    A run killed after its last checkpoint has nothing left to train: its adapter weights are loaded
+    (PEFT, as the Trainer does on resume) so that the final adapter can be saved."""
+    if plan.resume_step is not None and plan.resume_step >= total:
+        model = trainer.model
+        model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
+        return plan.resume_step
+    trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     return trainer.state.global_step
 
 

@@ -1,6 +1,7 @@
 """The trainer both backends train with: TRL's SFTTrainer (Unsloth's patched one when unsloth was
 imported first), subclassed to count the tokens it trains on, to batch rows of similar length
-together, and to use the plain transformers loss on CPU. Its datasets are the tokenized rows."""
+together, and to use the plain transformers loss on CPU. Its datasets are the tokenized rows; it
+saves checkpoints itself and checkpoints.completion marks them complete."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from slothctl.backends.device import on_cuda
 from slothctl.data.encode import Encoded
+from slothctl.training import private
 from slothctl.training.batching import LengthGroupedBatches
 
 
@@ -37,15 +39,18 @@ def trainer_class() -> type:
 
     plain_loss = not on_cuda()
 
-    class SlothctlTrainer(SFTTrainer):
+    class SlothctlTrainer(private.TrainSamplerHook, SFTTrainer):
         tokens_seen = 0
 
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
+        def slothctl_train_sampler(self, dataset):
+            """Length-grouped batches in random order for `train_sampling_strategy = "group_by_length"`."""
             if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
                 return LengthGroupedBatches([len(ids) for ids in dataset["input_ids"]],
                                             self.args.per_device_train_batch_size, self.args.seed)
-            return super()._get_train_sampler(train_dataset)
+            return None
+
+        def create_model_card(self, *args, **kwargs):
+            """TRL writes a model card into the run folder at every checkpoint; `slothctl push` writes its own."""
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.tokens_seen += count_tokens(inputs)
@@ -60,14 +65,12 @@ def trainer_class() -> type:
 
 
 def make_trainer(model: Any, tokenizer: Any, args: Any, train_rows: list[Encoded], eval_rows: list[Encoded],
-                 callbacks: list, run: dict[str, Any]):
-    """The trainer on these rows with our callbacks, made resumable (checkpoints.py); transformers'
-    console progress is removed (our view reports progress)."""
+                 callbacks: list):
+    """The trainer on these rows with our callbacks; transformers' console progress is removed (our
+    view reports progress)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from slothctl.training.checkpoints import make_resumable
-
-    trainer = make_resumable(trainer_class(), run)(
+    trainer = trainer_class()(
         model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(train_rows),
         eval_dataset=to_dataset(eval_rows) if eval_rows else None, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
