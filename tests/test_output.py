@@ -90,6 +90,19 @@ def test_training_on_a_terminal_draws_the_live_bar_and_ends_with_done(proj, embe
     assert quiet.returncode == 0 and quiet.lines == [], quiet.text  # already complete: nothing to say
 
 
+def test_chat_answer_redirected_from_a_terminal_is_raw_and_unwrapped(embedded_model, tmp_path):
+    args = ["chat", "--model", "embedded:smollm2-135m", "--temperature", "0", "--max-new-tokens", "40",
+            "-p", "Write one long sentence about sloths."]
+    expected = run_cli(*args, "--json", cwd=tmp_path)
+    assert expected.returncode == 0, expected.stderr[-2000:]
+    answer = expected.json_lines()[-1]["answer"]
+    target = tmp_path / "answer.txt"
+    result = run_terminal(*args, cwd=tmp_path, stdout=target, columns=20)
+    assert result.returncode == 0, result.text
+    assert target.read_text() == answer + "\n" and len(answer) > 20
+    assert "Traceback" not in result.text
+
+
 # ---- strict JSON on every path ----------------------------------------------------------------------------------
 
 def _error_event(result) -> dict:

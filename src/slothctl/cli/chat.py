@@ -49,7 +49,7 @@ def chat(
     quiet: QuietOption = False,
 ) -> None:
     """Chat with the tuned model (the run's adapter on its base model), a merged model or a GGUF file."""
-    out = start(json_mode, quiet)
+    out = start(json_mode, quiet, aside_events=True)  # stdout: the answers only
     flags = {"--max-new-tokens": ("chat.max_new_tokens", max_new_tokens),
              "--temperature": ("chat.temperature", temperature), "--top-p": ("chat.top_p", top_p),
              "--min-p": ("chat.min_p", min_p), "--repetition-penalty": ("chat.repetition_penalty", repetition_penalty),
@@ -133,7 +133,11 @@ def _repl(out: Output, chats) -> None:
     prompt = ">>> " if interactive and sys.stdout.isatty() and not out.json_mode else ""
 
     def notice(kind: str, message: str, **data) -> None:
-        out.event(Event(kind, data, message))
+        """A reply of the REPL itself: part of the JSON stream, an aside on stderr for people."""
+        if out.json_mode:
+            out.json({"event": kind, **data, "message": message})
+        else:
+            out.event(Event(kind, data, message))
 
     while True:
         try:

@@ -19,14 +19,14 @@ DEFAULT_CONFIG = Path(DEFAULT_CONFIG_NAME)
 Flags = dict[str, tuple[str, Any]]  # a command's flags that set config keys: {"--temperature": ("chat.temperature", 0.7)}
 
 
-def start(json_mode: bool, quiet: bool = False, document: bool = False) -> output.Output:
-    """Set up this command's output (and with it, where errors go); `document`: see output.Output."""
+def start(json_mode: bool, quiet: bool = False, aside_events: bool = False) -> output.Output:
+    """Set up this command's output (and with it, where errors go); `aside_events`: see output.Output."""
     if json_mode and quiet:
         from slothctl.errors import UsageError
 
         raise UsageError("--json and --quiet exclude each other", "choose one")
     mode = "json" if json_mode else "quiet" if quiet else "human"
-    output.current = output.Output(mode, document=document).activate()
+    output.current = output.Output(mode, aside_events=aside_events).activate()
     return output.current
 
 

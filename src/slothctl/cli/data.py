@@ -62,7 +62,7 @@ def inspect(
     quiet: QuietOption = False,
 ) -> None:
     """Report what the model will be trained on: format, roles, token lengths, truncation, mask, problems."""
-    out = start(json_mode, quiet, document=True)
+    out = start(json_mode, quiet, aside_events=True)
     cfg = data_config(config, sets, source, model)
     from slothctl.data.commands import inspect as inspect_data
 
@@ -86,7 +86,7 @@ def format(  # noqa: A001 - the command's name
     quiet: QuietOption = False,
 ) -> None:
     """Format and tokenize the data into the cache that train uses (a hit when nothing changed)."""
-    out = start(json_mode, quiet, document=True)
+    out = start(json_mode, quiet, aside_events=True)
     cfg = data_config(config, sets, source, model)
     from slothctl.data.commands import format_data
 

@@ -32,12 +32,12 @@ Part = str | tuple[str, str]  # a plain string, or (text, rich style) for a colo
 
 
 class Output:
-    def __init__(self, mode: Mode = "human", document: bool = False):
-        """`document`: the command's result is one document that repeats what matters (a data
-        report): status events then only animate a spinner on a terminal, and `--json` writes the
-        document alone (warnings go to stderr as text)."""
+    def __init__(self, mode: Mode = "human", aside_events: bool = False):
+        """`aside_events`: library events are an aside for people, for commands whose stdout is one
+        document (data inspect) or only answers (chat): `--json` keeps them off stdout (warnings go
+        to stderr as text), and status messages only animate a spinner on a terminal."""
         self.mode: Mode = mode
-        self.document = document
+        self.aside_events = aside_events
         self._json_stream: TextIO | None = None
         self._out: Console | None = None
         self._err: Console | None = None
@@ -66,9 +66,7 @@ class Output:
 
     @property
     def out(self) -> Console:
-        """Human results: stdout, or stderr in json mode (stdout is JSON's)."""
-        if self.json_mode:
-            return self.err
+        """Human results (never used in json mode: stdout is JSON's)."""
         if self._out is None:
             self._out = _console(sys.stdout)
         return self._out
@@ -82,13 +80,13 @@ class Output:
 
     def event(self, event: Event) -> None:
         """The `emit` callback every library call gets: one renderer for every kind of event."""
-        if self.json_mode and not self.document:
+        if self.json_mode and not self.aside_events:
             self.json(event.to_json())
             return
         if self._view is None:
             from slothctl.cli.progress import EventView
 
-            self._view = EventView(self.err, quiet=self.mode != "human", transient_status=self.document)
+            self._view = EventView(self.err, quiet=self.mode != "human", transient_status=self.aside_events)
         self._view(event)
 
     def result(self, obj: dict[str, Any] | None, human: RenderableType | list[Part] | None = None) -> None:
@@ -100,8 +98,10 @@ class Output:
         if self.json_mode:
             if obj is not None:
                 self.json(obj)
+        elif not self.quiet and isinstance(human, (str, list)):
+            self.out.print(styled(human), soft_wrap=True)  # a long path stays one line, even in a file
         elif not self.quiet and human is not None:
-            self.out.print(styled(human) if isinstance(human, (str, list)) else human, soft_wrap=True)
+            self.out.print(human)  # laid out to the terminal's width
 
     def text(self, obj: dict[str, Any], text: str) -> None:
         """Machine-readable text (TOML, an answer): `obj` in json mode, else `text` raw on stdout."""
@@ -114,12 +114,14 @@ class Output:
 
     def stream(self, text: str) -> None:
         """A piece of a streamed answer, raw on stdout (as it comes, no newline added)."""
+        self.close()
         sys.stdout.write(text)
         sys.stdout.flush()
 
     def note(self, message: str) -> None:
         """An aside for people on stderr (e.g. "(interrupted)"), dimmed; nothing when quiet."""
         if not self.quiet:
+            self.close()
             self.err.print(styled([(message, "dim")]), soft_wrap=True)
 
     def error(self, message: str, exit_code: int, hint: str | None = None) -> None:
