@@ -33,7 +33,7 @@ _slothctl() {
         --seed) return ;;
         --system) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json --quiet" -- "$cur"))
       fi ;;
     "data")
       case "$prev" in
@@ -47,7 +47,7 @@ _slothctl() {
         --model) return ;;
         --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "data inspect")
       case "$prev" in
@@ -56,14 +56,14 @@ _slothctl() {
         --model) return ;;
         --show) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "doctor")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "export")
       case "$prev" in
@@ -81,7 +81,7 @@ _slothctl() {
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --remote --detach --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "export merged")
       case "$prev" in
@@ -93,13 +93,13 @@ _slothctl() {
         --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "export prepare")
       case "$prev" in
         --sdist) COMPREPLY=($(compgen -f -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json --quiet" -- "$cur"))
       fi ;;
     "init")
       case "$prev" in
@@ -109,7 +109,7 @@ _slothctl() {
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "merge")
       case "$prev" in
@@ -121,14 +121,14 @@ _slothctl() {
         --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "pull")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--checkpoints --force --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--checkpoints --force --config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "push")
       case "$prev" in
@@ -138,7 +138,7 @@ _slothctl() {
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "resume")
       case "$prev" in
@@ -148,7 +148,7 @@ _slothctl() {
         --max-steps) return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --remote --detach --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "train")
       case "$prev" in
@@ -157,7 +157,7 @@ _slothctl() {
         --max-steps) return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --remote --detach --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --remote --detach --json --quiet" -- "$cur"))
       fi ;;
   esac
 }

@@ -97,7 +97,7 @@ def test_init_writes_documented_project_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "my project"
     result = run_cli("init", str(target), "--json")
     assert result.returncode == 0, result.stderr
-    written = json.loads(result.stdout)
+    written = result.json()
     toml = target / "slothctl.toml"
     assert written["config"] == str(toml) and written["data"] is None
     cfg = config.load(toml)

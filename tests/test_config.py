@@ -3,7 +3,6 @@ no traceback, nothing written; overrides are typed; the schema drives templates 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def test_overrides_are_typed_and_flags_win(tmp_path):
                      "--set", "lora.r=8", "--set", "output.name=2024", "--set", "lora.target_modules=[\"q_proj\"]",
                      "--set", "train.learning_rate=1e-4", "--set", "model.load_in_4bit=false", "--max-steps", "9")
     assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)["config"]
+    resolved = result.json()["config"]
     assert resolved["train"]["max_steps"] == 9  # the flag beats --set, which beats the file
     assert resolved["lora"]["r"] == 8
     assert resolved["output"]["name"] == "2024"  # a string key keeps digits as text

@@ -61,7 +61,7 @@ def test_inspect_json_gives_the_right_numbers(tmp_path, embedded_model, env):
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--json", "--set", "model.max_seq_length=40",
                      "--set", "data.chat_template=chatml", "--set", "data.eval_fraction=0.25", env=env)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = result.json()
     lengths, kept_tokens, kept_trained = [], 0, 0
     for number in (1, 2, 3, 4, 7, 8):  # the rows that render
         ids, trained = [], []
@@ -99,7 +99,7 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
     data = write_jsonl(tmp_path / "d.jsonl", KNOWN[:2])
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--show", "2", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    examples = json.loads(result.stdout)["examples"]
+    examples = result.json()["examples"]
     assert [e["row"] for e in examples] == [1, 2]
     second = examples[1]["spans"]
     assert [s["text"] for s in second if s["trained"]] == ["Hello", "<|im_end|>", "\n", "Bye!", "<|im_end|>", "\n"]
@@ -113,7 +113,7 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
 def test_inspect_uses_the_project_and_imports_nothing_heavy(project, tmp_path):
     result = run_cli("data", "inspect", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = result.json()
     assert report["rows"] == 216 and report["format"] == "messages" and report["model"] == MODEL
     rows = [json.loads(line) for line in (project / "data" / "sloth_chat.jsonl").read_text().splitlines()]
     csv_file = tmp_path / "d.csv"

@@ -129,7 +129,7 @@ def test_push_public_to_a_new_branch_of_a_name_only_repo(trained_run: Path, hub,
 def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path, hub, hf_home, tmp_path):
     result = push(trained_run, hub, hf_home, "me/x", "--dry-run", "--json", token=None)
     assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
+    listing = result.json()
     adapter = trained_run / "runs" / "proj" / "adapter"
     sizes = {item["path"]: item["size"] for item in listing["files"]}
     assert sizes["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").stat().st_size
@@ -140,7 +140,7 @@ def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path
     elsewhere = run_cli("push", "me/x", "--path", str(adapter), "--dry-run", "--json", cwd=tmp_path,
                         env={"HF_TOKEN": "", "HF_HOME": str(hf_home)})
     assert elsewhere.returncode == 0, elsewhere.stderr
-    assert json.loads(elsewhere.stdout)["what"] == "adapter" and json.loads(elsewhere.stdout)["files"] == \
+    assert elsewhere.json()["what"] == "adapter" and elsewhere.json()["files"] == \
         listing["files"]
     assert hub.requests == []
 

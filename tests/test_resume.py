@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, make_project, run_cli
+from conftest import assert_usage_error, error_text, make_project, run_cli
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, read_metrics
 from training_process import TrainingProcess
 
@@ -221,7 +221,7 @@ def test_first_sigterm_saves_a_checkpoint_then_train_resumes_and_trains_longer(t
     assert stopping and stopping[0]["signal"] == "SIGTERM" and stopping[0]["step"] == 1
     assert stopped and stopped[0]["step"] == 1 and stopped[0]["resume"] == "slothctl resume"
     assert [e["step"] for e in process.of("step")] == [1]
-    error = [line for line in process.stderr.splitlines() if line.strip()][-1]
+    error = error_text(process.stderr)
     assert "stopped by SIGTERM after step 1" in error and "slothctl resume" in error
     assert [step for step, _ in RunPaths(run_dir).checkpoints()] == [1]  # not a save step: the signal saved it
     assert not (run_dir / "adapter").exists()
@@ -252,7 +252,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path,
     assert notice["signal"] == "SIGINT" and notice["step"] == 2
     process.signal(signal.SIGINT)
     assert process.finish() == 130, process.stderr[-3000:]
-    error = [line for line in process.stderr.splitlines() if line.strip()][-1]
+    error = error_text(process.stderr)
     assert "stopped at once by a second SIGINT" in error and "checkpoint-1" in error
     assert not process.of("stopped") and not process.of("step")[1:]  # step 2 never finished
     assert [step for step, _ in RunPaths(run_dir).checkpoints()] == [1]

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
-from rich.markup import escape
 
 from slothctl.cli.output import Output
 from slothctl.events import Event
 
 Provider = Literal["modal"]  # config.RemoteConfig.provider
 RemoteOption = Annotated[Optional[Provider], typer.Option(
-    "--remote", help="Run on a cloud GPU, as \\[remote] describes (needs pip install 'slothctl\\[modal]').")]
+    "--remote", help="Run on a cloud GPU, as [remote] describes (needs pip install 'slothctl[modal]').")]
 DetachOption = Annotated[bool, typer.Option(
     "--detach", help="With --remote: start the run and return at once; prints how to follow it.")]
 
@@ -36,26 +34,18 @@ def run_remotely(out: Output, cfg, provider: str | None, command: str, *, dry_ru
     for note in plan.notes:
         out.event(Event("warning", {}, note))
     if dry_run:
-        out.result({"dry_run": True, **plan.to_json()}, escape(describe(plan)))
+        out.result({"dry_run": True, **plan.to_json()}, describe(plan))
         return
     from slothctl.remote import modal_app
 
     training = command in ("train", "resume")
-    with contextlib.ExitStack() as live:
-        if training:
-            from slothctl.cli.progress import TrainView
+    def ask() -> str:
+        out.close()  # end the live view before asking
+        return ask_stop_or_detach(out)
 
-            emit = live.enter_context(TrainView(out))
-        else:
-            emit = out.event
-
-        def ask() -> str:
-            live.close()  # end the live view before asking
-            return ask_stop_or_detach(out)
-
-        outcome = modal_app.launch(plan, emit, detach=detach, on_interrupt=ask)
+    outcome = modal_app.launch(plan, out.event, detach=detach, on_interrupt=ask)
     if isinstance(outcome, modal_app.Detached):
-        out.result(outcome.to_json(), escape(
+        out.result(outcome.to_json(), (
             f"Detached: the run goes on on Modal (app {outcome.app_id}, call {outcome.call_id}).\n"
             f"Follow it: modal app logs {outcome.app_id}\nStop it:   modal app stop {outcome.app_id}\n"
             f"Fetch it:  slothctl pull {outcome.run}  (what is on the volume so far, or all of it once done)"))
@@ -70,7 +60,7 @@ def run_remotely(out: Output, cfg, provider: str | None, command: str, *, dry_ru
         render_result(out, _train_result(done))
     else:
         out.result({"event": "done", **done, "run": run},
-                   f"[green]Done on Modal[/]: {escape(str(done.get('out') or run))}")
+                   [("Done on Modal", "green"), f": {done.get('out') or run}"])
 
 
 def remote_flags(**values: Any) -> list[str]:
@@ -93,8 +83,10 @@ def ask_stop_or_detach(out: Output) -> str:
     if out.json_mode or not out.err.is_terminal:
         return "stop"
     try:
-        answer = out.err.input("\nCtrl-C: [bold]s[/]top the remote run (it saves a checkpoint) or [bold]d[/]etach "
-                               "and leave it running? \\[s/D] ")
+        from slothctl.cli.output import styled
+
+        answer = out.err.input(styled(["\nCtrl-C: ", ("s", "bold"), "top the remote run (it saves a checkpoint) or ",
+                                       ("d", "bold"), "etach and leave it running? [s/D] "]))
     except (KeyboardInterrupt, EOFError):
         return "stop"
     return "stop" if answer.strip().lower().startswith("s") else "detach"
