@@ -94,7 +94,7 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # what Notepad writes
     result = run_cli("train", "-c", str(path), "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["config"]["data"]["source"] == "data.jsonl"
+    assert result.json()["config"]["data"]["source"] == "data.jsonl"
 
 
 def test_folder_and_binary_files_are_refused(tmp_path):
