@@ -185,7 +185,7 @@ def _prepare_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
     status(emit, f"Reading {cfg.data.source}")
     tok = load_text_tokenizer(model_path, cfg.model.revision)
     data = formatted(cfg, tok, emit)
-    status(emit, f"{len(data.train)} training rows, {len(data.eval)} eval rows "
+    status(emit, f"{data.train_rows} training rows, {data.eval_rows} eval rows "
                  f"({len(data.invalid)} invalid, {len(data.no_trained_tokens)} without trained tokens, "
                  f"{data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
     return data
@@ -287,7 +287,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     check_disk_space(cfg, paths.root, resolved.path, optimizer_name(cfg))
     data = _prepare_data(cfg, resolved.path, emit)
     total = planned_steps(cfg, data.train_lengths, None)
-    run = checkpoints.run_record(cfg, data.train)
+    run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
     run["optim"] = _run_optimizer(cfg, plan, optimizer_name(cfg))
     if not from_checkpoint and not plan.forced:
         summary = finished_summary(cfg, paths, total, run["data"]["hash"])
@@ -347,8 +347,8 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         "train_tokens": trainer.tokens_seen, "losses": losses, "evals": evals,
         "best_eval_loss": min((loss for _, loss in evals), default=None),
         "config_hash": run["config_hash"], "optim": run["optim"], "peak_vram_gb": _peak_vram_gb(),
-        "data": {"rows": data.rows, "format": data.format, "train_rows": len(data.train),
-                 "eval_rows": len(data.eval), "invalid": len(data.invalid), "truncated": data.truncated,
+        "data": {"rows": data.rows, "format": data.format, "train_rows": data.train_rows,
+                 "eval_rows": data.eval_rows, "invalid": len(data.invalid), "truncated": data.truncated,
                  "chat_template": data.template.name if data.template else None, "hash": run["data"]["hash"]},
         "config": cfg.to_dict(), "versions": library_versions()})
     return result
@@ -375,14 +375,14 @@ def _make_trainer(cfg: Config, plan: RunPlan, backend, model, tokenizer, data: P
                   emit: Emit, stop: GracefulStop):
     """The backend's SFTTrainer, made resumable (checkpoints.py), with our callbacks: progress events,
     the tracker, early stopping and the signal/stop control."""
-    from slothctl.backends.common import sft_config, to_dataset
+    from slothctl.backends.common import sft_config
 
     paths = plan.paths
     trainer_ref: list = []
-    early = bool(data.eval) and not cfg.train.skip_eval and cfg.train.early_stopping_patience > 0
+    early = data.eval_rows > 0 and not cfg.train.skip_eval and cfg.train.early_stopping_patience > 0
     extra = dict(metric_for_best_model="eval_loss", greater_is_better=False) if early else {}
     extra.update(backend.sft_overrides(cfg))
-    args = sft_config(cfg, str(paths.root), total_steps=total, has_eval=bool(data.eval), run_name=cfg.output.name,
+    args = sft_config(cfg, str(paths.root), total_steps=total, has_eval=data.eval_rows > 0, run_name=cfg.output.name,
                       report_to=tracking.trainer_report_to(cfg), optim=run["optim"],
                       lengths=data.train_lengths, **extra)
     callbacks = []  # in this order: early stopping decides before run control saves; run control arms
@@ -394,8 +394,8 @@ def _make_trainer(cfg: Config, plan: RunPlan, backend, model, tokenizer, data: P
                   make_progress_callback(emit, paths, trainer_ref), *tracking.callbacks(cfg, paths, plan.resume_step)]
     trainer_class = checkpoints.make_resumable(backend.trainer_class(), run)
     trainer = trainer_class(
-        model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(data.train),
-        eval_dataset=to_dataset(data.eval) if data.eval else None, callbacks=callbacks)
+        model=model, args=args, processing_class=tokenizer, train_dataset=data.dataset("train"),
+        eval_dataset=data.dataset("eval"), callbacks=callbacks)
     trainer_ref.append(trainer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

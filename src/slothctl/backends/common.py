@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from slothctl.config import Config
-from slothctl.data.encode import Encoded
 
 
 def on_cuda() -> bool:
@@ -51,13 +50,12 @@ def optimizer_name(cfg: Config) -> str:
     return "adamw_8bit" if on_cuda() else "adamw_torch"
 
 
-def to_dataset(examples: list[Encoded]):
-    """The tokenized rows as a `datasets.Dataset` with input_ids and labels: TRL then skips its own
-    tokenization and trains on exactly these tokens and this mask."""
-    from datasets import Dataset
+def dataset_lengths(dataset) -> list[int]:
+    """Tokens per row of the trainer's dataset, from its Arrow list offsets: no row is read (the
+    dataset comes from Prepared.dataset, memory-mapped from the data cache)."""
+    from slothctl.data.tables import row_lengths
 
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                              "labels": [e.labels for e in examples]})
+    return row_lengths(dataset.with_format("arrow")[:]).tolist()
 
 
 def planned_steps(cfg: Config, lengths: list[int], max_steps: int | None) -> int:
@@ -118,7 +116,7 @@ def batching_strategy(cfg: Config, lengths: list[int] | None = None) -> str:
         return "padding_free"
     if not on_cuda():
         return "padded"  # measured on GPUs only; on CPU, the plain shuffled order
-    if lengths and padding_fraction(lengths, cfg.train.batch_size) < 0.02:
+    if lengths is not None and len(lengths) and padding_fraction(lengths, cfg.train.batch_size) < 0.02:
         return "padding_free"
     return "length_grouped"
 
@@ -245,7 +243,7 @@ def make_trainer_class(base: type, plain_loss: bool) -> type:
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
-                return LengthGroupedBatches([len(ids) for ids in dataset["input_ids"]],
+                return LengthGroupedBatches(dataset_lengths(dataset),
                                             self.args.per_device_train_batch_size, self.args.seed)
             return super()._get_train_sampler(train_dataset)
 

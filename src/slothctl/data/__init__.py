@@ -7,11 +7,12 @@
     encode.py         cut rendered rows into trained / untrained segments and tokenize them
     pipeline.py       `prepare`: all of the above for one config, with counts of dropped rows
     report.py         the numbers `data inspect` shows
+    tables.py         the rows as Arrow (what the trainer reads), their lengths and fingerprint
     cache.py          the formatted-data cache that `data format` writes and `train` reads
     examples.py       examples rendered token by token, for `data inspect --show`
 
 `formatted` is the one entry point of `train` and `data format`: the cached dataset when the
-cache has it, else `prepare` and store.
+cache has it, else `prepare` and store; either way the rows are then memory-mapped from the cache.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
         warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {exc.strerror or exc}")
         prepared.cache = {"key": key, "path": None, "hit": False}
         return prepared
-    prepared.cache = {"key": key, "path": str(path), "hit": False}
+    stored = cache.load(path)  # the rows from the file from now on: the arrays are freed
+    stored.fingerprint, stored.origins = prepared.fingerprint, prepared.origins
+    stored.cache = {"key": key, "path": str(path), "hit": False}
     status(emit, f"Formatted data: cache miss, stored in {path}", cache="miss", key=key)
-    return prepared
+    return stored
