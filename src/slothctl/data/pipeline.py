@@ -15,6 +15,7 @@ import math
 import os
 import random
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -233,13 +234,16 @@ def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk | tuple[str, str | None
 
 def _encode_in_process(work: _Work) -> list[_Chunk]:
     """Chunk by chunk; the tokenizer (native code, free of the GIL) works on one chunk while Python
-    cuts the next."""
+    cuts the next. Each source row is released once it is cut: the rows' Python objects are most of
+    the memory a large dataset takes here."""
     from concurrent.futures import ThreadPoolExecutor
 
     chunks, pending = [], None
     with ThreadPoolExecutor(1) as pool:
         for start in range(0, len(work.rows), CHUNK):
-            chunk, batch = _segment_range(work, start, min(len(work.rows), start + CHUNK))
+            stop = min(len(work.rows), start + CHUNK)
+            chunk, batch = _segment_range(work, start, stop)
+            work.rows[start:stop] = [None] * (stop - start)
             if pending is not None:
                 pending.result()
             pending = pool.submit(_tokenize_into, chunk, batch, work)
@@ -249,22 +253,39 @@ def _encode_in_process(work: _Work) -> list[_Chunk]:
     return chunks
 
 
+@contextmanager
+def tokenizer_threads(on: bool):
+    """The tokenizer's own threads on (a batch is tokenized on every core) or off, whatever
+    TOKENIZERS_PARALLELISM says, and the variable restored afterwards. `train` sets it to false for
+    the trainer's sake before the data is prepared; the `tokenizers` library reads it at each call."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     import multiprocessing
 
     n = len(work.rows)
     if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
-        return _encode_in_process(work)
+        with tokenizer_threads(True):
+            return _encode_in_process(work)
     from concurrent.futures import ProcessPoolExecutor
 
     global _WORK
     size = min(CHUNK * 4, math.ceil(n / num_proc))
     bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker tokenizes on its own core
     _WORK = work
     try:
-        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_encode_in_worker, bounds))
+        context = multiprocessing.get_context("fork")
+        with tokenizer_threads(False), ProcessPoolExecutor(num_proc, mp_context=context) as pool:
+            results = list(pool.map(_encode_in_worker, bounds))  # each worker tokenizes on its own core
         for result in results:
             if isinstance(result, tuple):
                 raise DataError(*result)
@@ -299,9 +320,9 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     work = _Work(source.rows, source.origin, detection.format, segmenter, tok, max_length)
     chunks = _encode_all(work, data.num_proc)
 
-    valid = Tokenized.concat([c.tokens for c in chunks])
+    parts = [c.tokens for c in chunks]
     for chunk in chunks:
-        chunk.tokens = None  # only `valid` holds the tokens from here on
+        chunk.tokens = None  # only `parts` holds the tokens from here on
     numbers = np.asarray([n for c in chunks for n in c.row_numbers], dtype=np.int32)
     problems = [p for c in chunks for p in c.problems]
     roles: Counter = sum((c.roles for c in chunks), Counter())
@@ -312,9 +333,9 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
             duplicates.append(number)
         seen.add(key)
 
-    trained = valid.trained_counts()
+    trained = np.concatenate([np.zeros(0, np.int64)] + [part.trained_counts() for part in parts])
     keep = trained > 0
-    full_lengths = valid.full_lengths
+    full_lengths = np.concatenate([np.zeros(0, np.int32)] + [part.full_lengths for part in parts])
     dropped = [Problem(int(n), source.origin[n - 1],
                        f"nothing to train on in its first {max_length} tokens" if full > max_length
                        else "has no assistant reply to train on")
@@ -331,8 +352,7 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     in_train, in_eval = keep.copy(), keep.copy()  # over the valid rows: kept and in that split
     in_train[np.flatnonzero(keep)[is_eval]] = False
     in_eval[np.flatnonzero(keep)[~is_eval]] = False
-    kept = valid.select(in_train, in_eval)
-    del valid
+    kept = Tokenized.assemble(parts, in_train, in_eval)
     pad = pad_for(template or template_or_none(data.chat_template, tok.chat_template, tok.eos_token, tok.has_token),
                   tok.pad_token, tok.eos_token, tok.bos_token, tok.unk_token, tok.special_tokens)
     report = build_report(

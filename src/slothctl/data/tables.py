@@ -21,7 +21,7 @@ from slothctl.data.encode import IGNORE, Tokenized
 
 COLUMNS = ("input_ids", "labels")
 BATCH_ROWS = 1000  # rows per record batch in the file (what `datasets` writes too)
-HASH_TOKENS = 1 << 22  # tokens widened to int64 at a time while hashing
+HASH_TOKENS = 1 << 20  # tokens widened to int64 at a time while hashing
 
 
 def _schema():
