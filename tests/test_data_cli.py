@@ -217,8 +217,7 @@ def test_partial_or_damaged_cache_is_never_used(tmp_path, embedded_model, monkey
     first = formatted(cfg, tok)
     entry = Path(first.cache["path"])
     assert first.cache["hit"] is False and sorted(p.name for p in entry.iterdir()) == [
-        "full_lengths.npy", "ids.npy", "is_eval.npy", "manifest.json", "offsets.npy", "prepared.json",
-        "row_numbers.npy", "trained.npy"]
+        "full_lengths.npy", "is_eval.npy", "manifest.json", "prepared.json", "row_numbers.npy", "tokens.arrow"]
     calls = []
     real_prepare = pipeline.prepare
     monkeypatch.setattr("slothctl.data.prepare", lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
@@ -233,10 +232,10 @@ def test_partial_or_damaged_cache_is_never_used(tmp_path, embedded_model, monkey
         assert (entry / "manifest.json").is_file() and cache.read(first.cache["key"]) is not None
 
     damage(lambda: (entry / "manifest.json").unlink())  # a write that never finished
-    damage(lambda: (entry / "ids.npy").write_bytes((entry / "ids.npy").read_bytes()[:-8]))  # truncated
-    flipped = bytearray((entry / "trained.npy").read_bytes())
-    flipped[-1] ^= 1
-    damage(lambda: (entry / "trained.npy").write_bytes(bytes(flipped)))  # same size, other content
+    damage(lambda: (entry / "tokens.arrow").write_bytes((entry / "tokens.arrow").read_bytes()[:-8]))  # truncated
+    flipped = bytearray((entry / "tokens.arrow").read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    damage(lambda: (entry / "tokens.arrow").write_bytes(bytes(flipped)))  # same size, other content
     assert len(calls) == 3
     leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.name != first.cache["key"]]
     assert leftovers == []  # temporary folders are renamed or removed

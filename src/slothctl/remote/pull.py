@@ -94,15 +94,16 @@ def _check_same_run(store: RunStore, run: str, run_dir: Path) -> None:
     local = run_dir / "config.toml"
     if not local.is_file() or not store.list_files(f"{run}/config.toml"):
         return
-    from slothctl import checkpoints, config as config_mod
+    from slothctl import config as config_mod
+    from slothctl.training import checkpoints as run_checkpoints
 
     with tempfile.TemporaryDirectory() as tmp:
         remote = Path(tmp) / "config.toml"
         _download(store, StoredFile(f"{run}/config.toml", 0), remote)
-        changes = checkpoints.changed_keys(config_mod.load(local), config_mod.load(remote))
+        changes = run_checkpoints.changed_keys(config_mod.load(local), config_mod.load(remote))
     if changes:
         raise UsageError(f"{run_dir} holds a run of another config than {run} on {store.name} (changed: "
-                         f"{checkpoints.describe_changes(changes)})",
+                         f"{run_checkpoints.describe_changes(changes)})",
                          "pass --force to replace it, or set another [output] dir")
 
 

@@ -51,7 +51,7 @@ def fastest(lengths: list[int] | None, batch_size: int) -> str:
         return "padding_free"
     if not on_cuda():
         return "padded"  # measured on GPUs only; on CPU, the plain shuffled order
-    if lengths and padding_fraction(lengths, batch_size) < 0.02:
+    if lengths is not None and len(lengths) and padding_fraction(lengths, batch_size) < 0.02:
         return "padding_free"
     return "length_grouped"
 

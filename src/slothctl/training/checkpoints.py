@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +71,6 @@ def changed_keys(old: Config | dict, new: Config | dict, include_free: bool = Fa
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k} {json.dumps(a, default=str)} → {json.dumps(b, default=str)}" for k, a, b in changes)
-
-
-def data_hash(examples) -> str:
-    """A hash of the training rows as the trainer sees them (token ids and loss mask, in order)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(array("q", example.input_ids).tobytes())
-        digest.update(array("q", example.labels).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:16]
 
 
 def read_info(checkpoint: Path) -> dict:
@@ -153,11 +142,11 @@ def completion(run: dict[str, Any], keep: int, emit: Emit):
     return Completion()
 
 
-def run_record(cfg: Config, examples) -> dict[str, Any]:
+def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:
     """The part of slothctl_checkpoint.json that is the same for every checkpoint of a run."""
     return {"config_hash": config_hash(cfg),
             "config": {s: v for s, v in cfg.to_dict().items() if s in SECTIONS},
-            "data": {"hash": data_hash(examples), "rows": len(examples), "seed": cfg.train.seed}}
+            "data": {"hash": data_hash, "rows": rows, "seed": cfg.train.seed}}
 
 
 # ---- disk space ---------------------------------------------------------------------------------------------------

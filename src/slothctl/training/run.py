@@ -109,7 +109,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
 
     data = setup_data(cfg, resolved.path, emit)
     total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length)
-    run = checkpoints.run_record(cfg, data.train)
+    run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
     run["optim"] = run_optimizer(plan, cfg.train.optim, optim)
     if not from_checkpoint and not plan.forced:
         summary = finished_summary(cfg, paths, total, run["data"]["hash"])
@@ -148,7 +148,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
                           f"continue with: {command}")
     if step < total:
         status(emit, f"Early stopping at step {step}: eval loss did not improve for "
-                     f"{arguments.early_stopping(cfg.train, bool(data.eval))} evaluations")
+                     f"{arguments.early_stopping(cfg.train, data.eval_rows > 0)} evaluations")
     return finish(cfg, plan, backend.name, trainer, tokenizer, data, run, step=step, total=total,
                   started=started, train_seconds=train_seconds)
 
@@ -162,7 +162,7 @@ def setup_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
     status(emit, f"Reading {cfg.data.source}")
     tok = load_text_tokenizer(model_path, cfg.model.revision)
     data = formatted(cfg, tok, emit)
-    status(emit, f"{len(data.train)} training rows, {len(data.eval)} eval rows "
+    status(emit, f"{data.train_rows} training rows, {data.eval_rows} eval rows "
                  f"({len(data.invalid)} invalid, {len(data.no_trained_tokens)} without trained tokens, "
                  f"{data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
     return data
@@ -187,10 +187,10 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     (and announces a checkpoint only once it is complete); run control arms the signal handling
     before progress announces the start."""
     paths = plan.paths
-    has_eval = bool(data.eval)
+    has_eval = data.eval_rows > 0
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
                                 total_steps=total, has_eval=has_eval, optim=run["optim"],
-                                lengths=data.train_lengths, overrides=backend.trainer_overrides())
+                                lengths=data.train_lengths, overrides=backend.trainer_overrides(train_cfg.packing))
     hooks: list = []
     patience = arguments.early_stopping(train_cfg, has_eval)
     if patience:
@@ -202,7 +202,7 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
               checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
               callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
-    trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks)
+    trainer = make_trainer(model, tokenizer, args, data.dataset("train"), data.dataset("eval"), hooks)
     trainer_ref.append(trainer)
     return trainer
 
@@ -264,8 +264,8 @@ def finish(cfg: Config, plan: RunPlan, backend: str, trainer, tokenizer, data: P
         "train_tokens": trainer.tokens_seen, "losses": losses, "evals": evals,
         "best_eval_loss": min((loss for _, loss in evals), default=None),
         "config_hash": run["config_hash"], "optim": run["optim"], "peak_vram_gb": _peak_vram_gb(),
-        "data": {"rows": data.rows, "format": data.format, "train_rows": len(data.train),
-                 "eval_rows": len(data.eval), "invalid": len(data.invalid), "truncated": data.truncated,
+        "data": {"rows": data.rows, "format": data.format, "train_rows": data.train_rows,
+                 "eval_rows": data.eval_rows, "invalid": len(data.invalid), "truncated": data.truncated,
                  "chat_template": data.template.name if data.template else None, "hash": run["data"]["hash"]},
         "config": cfg.to_dict(), "versions": libraries.training_versions()})
     return result

@@ -5,21 +5,22 @@ saves checkpoints itself and checkpoints.completion marks them complete."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from slothctl.backends.device import on_cuda
-from slothctl.data.encode import Encoded
 from slothctl.training import private
 from slothctl.training.batching import LengthGroupedBatches
 
 
-def to_dataset(examples: list[Encoded]):
-    """The tokenized rows as a `datasets.Dataset` with input_ids and labels: TRL then skips its own
-    tokenization and trains on exactly these tokens and this mask."""
-    from datasets import Dataset
+def dataset_lengths(dataset) -> "np.ndarray":
+    """Tokens per row of the trainer's dataset, from its Arrow list offsets: no row is read (the
+    dataset comes from Prepared.dataset, memory-mapped from the data cache)."""
+    from slothctl.data.tables import row_lengths
 
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                              "labels": [e.labels for e in examples]})
+    return row_lengths(dataset.with_format("arrow")[:])
 
 
 def count_tokens(inputs: dict) -> int:
@@ -45,7 +46,7 @@ def trainer_class() -> type:
         def slothctl_train_sampler(self, dataset):
             """Length-grouped batches in random order for `train_sampling_strategy = "group_by_length"`."""
             if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
-                return LengthGroupedBatches([len(ids) for ids in dataset["input_ids"]],
+                return LengthGroupedBatches(dataset_lengths(dataset),
                                             self.args.per_device_train_batch_size, self.args.seed)
             return None
 
@@ -64,15 +65,15 @@ def trainer_class() -> type:
     return SlothctlTrainer
 
 
-def make_trainer(model: Any, tokenizer: Any, args: Any, train_rows: list[Encoded], eval_rows: list[Encoded],
-                 callbacks: list):
-    """The trainer on these rows with our callbacks; transformers' console progress is removed (our
-    view reports progress)."""
+def make_trainer(model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval_dataset: Any, callbacks: list):
+    """The trainer on these datasets (Arrow-backed, with input_ids and labels: TRL then trains on
+    exactly these tokens and this mask) with our callbacks; transformers' console progress is
+    removed (our view reports progress)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer = trainer_class()(
-        model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(eval_rows) if eval_rows else None, callbacks=callbacks)
+        model=model, args=args, processing_class=tokenizer, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
