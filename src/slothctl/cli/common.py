@@ -18,8 +18,15 @@ DEFAULT_CONFIG = Path(DEFAULT_CONFIG_NAME)
 
 
 def start(json_mode: bool) -> output.Output:
-    """Set up this command's output (and with it, where errors go)."""
-    output.current = output.Output(json_mode)
+    """Set up this command's output (and with it, where errors go). In a rank of a run on several
+    (torchrun), only rank 0 prints; every rank's error line is recorded for slothctl's launcher."""
+    from slothctl.training import ranks
+
+    if not ranks.distributed():
+        output.current = output.Output(json_mode)
+        return output.current
+    ranks.die_with_parent()
+    output.current = output.Output(json_mode, silent=not ranks.is_main(), on_error=ranks.record_failure)
     return output.current
 
 

@@ -3,6 +3,9 @@
 In `--json` mode stdout carries nothing but JSON: the process's file descriptor 1 is pointed at
 stderr, so whatever a library prints (banners, C-level logs) lands there, and JSON is written to
 a private copy of the original stdout.
+
+A `silent` output (the ranks but rank 0 of a run on several, training/ranks.py) writes nothing to
+stdout at all and only its error line to stderr; `on_error` is told that line too.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from rich.console import Console
 
@@ -18,15 +21,20 @@ from slothctl.events import Event
 
 
 class Output:
-    def __init__(self, json_mode: bool = False):
+    def __init__(self, json_mode: bool = False, silent: bool = False,
+                 on_error: Callable[[str, int], None] | None = None):
         self.json_mode = json_mode
+        self.on_error = on_error
         self.err = Console(stderr=True, highlight=False)
         self._json_stream: TextIO = sys.stdout
-        if json_mode:
+        if json_mode or silent:
             self._json_stream = _private_stdout()
             self.out = self.err
         else:
             self.out = Console(highlight=False)
+        if silent:
+            self._json_stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process's life
+            self.out = Console(file=self._json_stream)
 
     def json(self, obj: dict[str, Any]) -> None:
         self._json_stream.write(json.dumps(obj, default=str) + "\n")
@@ -53,6 +61,8 @@ class Output:
             if self.err.is_terminal else print(f"Error: {line}", file=sys.stderr, flush=True)
         if self.json_mode:
             self.json({"event": "error", "message": line, "exit_code": exit_code})
+        if self.on_error is not None:
+            self.on_error(line, exit_code)
 
 
 def _private_stdout() -> TextIO:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
-from slothctl.cli.progress import TrainView
-from slothctl.cli.train import ForceResumeOption, MaxStepsOption, render_result
+from slothctl.cli.train import ForceResumeOption, GpusOption, MaxStepsOption, flag_overrides, rank_arguments, \
+    render_result, run
 
 
 def resume(
@@ -19,14 +19,13 @@ def resume(
         "a folder. Default: the newest complete one.")] = None,
     max_steps: MaxStepsOption = None,
     force_resume: ForceResumeOption = False,
+    gpus: GpusOption = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Continue an interrupted run from its newest complete checkpoint to the configured end."""
     out = start(json_mode)
-    cfg = load_config(config, sets, [f"train.max_steps={max_steps}"] if max_steps else None)
-    from slothctl.training.run import train as run_training
-
-    with TrainView(out) as view:
-        result = run_training(cfg, view, force_resume=force_resume, from_checkpoint=from_checkpoint,
-                              resume_only=True)
+    cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
+    flags = ["--force-resume"] * force_resume + (["--from", from_checkpoint] if from_checkpoint else [])
+    result = run(out, cfg, rank_arguments("resume", config, sets, max_steps, gpus, *flags),
+                 force_resume=force_resume, from_checkpoint=from_checkpoint, resume_only=True)
     render_result(out, result)

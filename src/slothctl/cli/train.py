@@ -14,6 +14,41 @@ MaxStepsOption = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after N steps (same as --set train.max_steps=N); more than before trains longer.")]
 ForceResumeOption = Annotated[bool, typer.Option(
     "--force-resume", help="Continue from the checkpoint even though the config changed.")]
+GpusOption = Annotated[Optional[str], typer.Option(
+    "--gpus", metavar="N|auto", help="Train on N GPUs of this machine, data parallel through torchrun (same as "
+    "--set train.gpus=N); `auto` = every visible GPU. Without CUDA, N CPU processes.")]
+
+
+def flag_overrides(max_steps: int | None, gpus: str | None) -> list[str]:
+    return ([f"train.max_steps={max_steps}"] if max_steps else []) + ([f"train.gpus={gpus}"] if gpus else [])
+
+
+def rank_arguments(command: str, config, sets: list[str] | None, max_steps: int | None, gpus: str | None,
+                   *flags: str) -> list[str]:
+    """The same command for each rank that torchrun starts (launcher.py)."""
+    args = [command, "--config", str(config)]
+    for value in sets or []:
+        args += ["--set", value]
+    if max_steps:
+        args += ["--max-steps", str(max_steps)]
+    if gpus:
+        args += ["--gpus", gpus]
+    return args + list(flags)
+
+
+def run(out: Output, cfg, rank_args: list[str], **options):
+    """Train in this process, or on several ranks started from here (train.gpus > 1)."""
+    from slothctl.training import launcher
+
+    with TrainView(out) as view:
+        count = launcher.ranks_to_start(cfg.train.gpus)
+        if count > 1:
+            from slothctl.training.plan import resume_command
+
+            return launcher.train_on_ranks(count, rank_args, view, resume_command(cfg))
+        from slothctl.training.run import train as run_training
+
+        return run_training(cfg, view, **options)
 
 
 def render_result(out: Output, result) -> None:
@@ -36,6 +71,7 @@ def train(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over in a new run folder (<name>-2, -3, ...) "
                                         "instead of resuming the existing one.")] = False,
     force_resume: ForceResumeOption = False,
+    gpus: GpusOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
     json_mode: JsonOption = False,
 ) -> None:
@@ -44,7 +80,7 @@ def train(
     A run folder with checkpoints of the same config is resumed (see `slothctl resume`).
     """
     out = start(json_mode)
-    cfg = load_config(config, sets, [f"train.max_steps={max_steps}"] if max_steps else None)
+    cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
     if dry_run:
         from slothctl.config import to_toml
 
@@ -54,8 +90,7 @@ def train(
         from slothctl.errors import UsageError
 
         raise UsageError("--fresh and --force-resume exclude each other", "choose one")
-    from slothctl.training.run import train as run_training
-
-    with TrainView(out) as view:
-        result = run_training(cfg, view, fresh=fresh, force_resume=force_resume)
+    flags = ["--fresh"] * fresh + ["--force-resume"] * force_resume
+    result = run(out, cfg, rank_arguments("train", config, sets, max_steps, gpus, *flags),
+                 fresh=fresh, force_resume=force_resume)
     render_result(out, result)

@@ -5,6 +5,7 @@
       tokenizer files, training_args.bin               as the trainer saves them
       optimizer.pt, scheduler.pt (scaler.pt)           optimizer moments, learning-rate schedule position
       rng_state.pth                                    python, numpy, torch CPU (and CUDA) generators
+                                                       (rng_state_<rank>.pth for each rank of several)
       trainer_state.json                               global step, epoch, log history, early-stopping state
       slothctl_checkpoint.json                         config and its hash, data hash, sampler position
 
@@ -14,7 +15,9 @@ slothctl_checkpoint.json is written last, so a folder without it is never resume
 Data order: the trainer's sampler is seeded with [train] seed and reseeded per epoch (accelerate's
 seedable sampler), so the order is a function of the training rows, the seed and the epoch. The
 checkpoint records the rows' hash and the position (epoch, batches done in it); on resume the
-trainer rebuilds the same order and skips those batches.
+trainer rebuilds the same order and skips those batches. On several ranks, rank 0 writes the
+checkpoint (with every rank's RNG state) and records the number of ranks: each rank skips its own
+share, which is the same share again only on the same number of ranks.
 
 The trainer subclass is made here, around whatever class a backend returns, so the Unsloth and hf
 backends write the same checkpoints without code of their own.
@@ -35,13 +38,16 @@ from slothctl import __version__
 from slothctl.config import Config, LoraConfig, ModelConfig
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, atomic_dir, fsync_dir, fsync_tree, rotate_checkpoints, \
     write_json_atomic
+from slothctl.training import ranks
 
 SECTIONS = ("model", "lora", "data", "train")
 # Keys a run may change between a checkpoint and its continuation without --force-resume: how long
 # to train, and bookkeeping that does not touch the numbers (the trainer takes them from the new config).
 # The engine may change too: a run started with the hf backend on CPU continues with unsloth on a GPU.
+# The number of ranks may change too (train.gpus): with a warning, since the global batch changes.
 FREE_TO_CHANGE = frozenset({"train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
-                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend"})
+                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend",
+                            "train.gpus"})
 # Keys that change the adapter's shape: even --force-resume cannot load such a checkpoint.
 SHAPE_KEYS = frozenset({"model.name", "lora.r", "lora.target_modules", "lora.bias"})
 
@@ -98,15 +104,19 @@ def make_resumable(base: type, run: dict[str, Any]) -> type:
         slothctl_run = run
 
         def _save_checkpoint(self, model, trial):
+            if self.hp_search_backend is None and trial is None:
+                self.store_flos()  # on several ranks a collective: every rank takes part
+            rng_files = ranks.gather_files(self._save_rng_state)  # every rank's, on rank 0
+            if not ranks.is_main():
+                return  # rank 0 writes the checkpoint
             step = self.state.global_step
             paths = RunPaths(Path(self.args.output_dir))
-            if self.hp_search_backend is None and trial is None:
-                self.store_flos()
             with atomic_dir(paths.checkpoint(step), replace=True) as tmp:
                 self.save_model(str(tmp), _internal_call=True)
                 self._save_optimizer_and_scheduler(str(tmp))
                 self._save_scaler(str(tmp))
-                self._save_rng_state(str(tmp))
+                for name, content in rng_files.items():
+                    (tmp / name).write_bytes(content)
                 for callback in [*self.callback_handler.callbacks, self.control]:
                     if isinstance(callback, ExportableState):
                         name = callback.__class__.__name__
@@ -129,7 +139,7 @@ def make_resumable(base: type, run: dict[str, Any]) -> type:
             position = {"epoch": step // updates_per_epoch, "batches_done_in_epoch": step % updates_per_epoch * ga,
                         "batches_per_epoch": batches} if updates_per_epoch else {}
             return {"step": step, "max_steps": self.state.max_steps, "epoch": self.state.epoch,
-                    "data_position": position, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "data_position": position, "world_size": self.args.world_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "slothctl": __version__, **self.slothctl_run}
 
     return ResumableTrainer

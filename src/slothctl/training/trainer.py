@@ -44,7 +44,8 @@ def trainer_class() -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
                 return LengthGroupedBatches([len(ids) for ids in dataset["input_ids"]],
-                                            self.args.per_device_train_batch_size, self.args.seed)
+                                            self.args.per_device_train_batch_size, self.args.seed,
+                                            ranks=self.args.world_size)
             return super()._get_train_sampler(train_dataset)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
