@@ -103,6 +103,11 @@ def start() -> None:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     _coordination = dist.new_group(backend="gloo", timeout=COORDINATION_TIMEOUT)
+    if not torch.cuda.is_available():
+        # A resumed optimizer is loaded onto args.device, which accelerate calls `cpu:0` on several CPU
+        # ranks; torch.load knows only `cpu`. This lets it read `cpu:N` as the CPU (public torch API).
+        torch.serialization.register_package(
+            100, lambda storage: None, lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
 def _group():
