@@ -8,7 +8,7 @@ Tokens/s is the global rate (every rank's real tokens, from rank 0's step events
 steps; the ratio N GPUs / 1 GPU is printed (target for 2 GPUs: at least 1.85).
 
     python bench/multi_gpu.py --gpus 1,2 --out bench/results/multi_gpu-DEVICE-DATE.json \\
-        [--shapes qwen3-1.7b,llama-3-8b] [--repeats 2] [--steps 14] [--warmup 4] [--backend unsloth]
+        [--shapes qwen3-1.7b,llama-3-8b] [--repeats 2] [--steps 20] [--warmup 5] [--backend unsloth]
 """
 
 from __future__ import annotations
@@ -75,14 +75,16 @@ def main() -> None:
     parser.add_argument("--shapes", default="qwen3-1.7b,llama-3-8b")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=14)
-    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--backend", default="unsloth", choices=("unsloth", "hf"))
     args = parser.parse_args()
     counts = [int(n) for n in args.gpus.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"environment": environment(), "target_2_gpus": TARGET, "shapes": {}}
+    results = json.loads(out.read_text()) if out.exists() else {}  # one shape per call adds to the file
+    results.update(environment=environment(), target_2_gpus=TARGET)
+    results.setdefault("shapes", {})
     for shape in filter(None, args.shapes.split(",")):
         results["shapes"][shape] = scaling(shape, counts, args.repeats, args.seq, args.steps, args.warmup,
                                            args.backend)
