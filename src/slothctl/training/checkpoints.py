@@ -44,8 +44,10 @@ SECTIONS = ("model", "lora", "data", "train")
 # Keys a run may change between a checkpoint and its continuation without --force-resume: how long
 # to train, and bookkeeping that does not touch the numbers (the trainer takes them from the new config).
 # The engine may change too: a run started with the hf backend on CPU continues with unsloth on a GPU.
+# So may the micro-batch (the effective batch stays; layout.py): e.g. a smaller one after running out of memory.
 FREE_TO_CHANGE = frozenset({"train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
-                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend"})
+                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend",
+                            "train.micro_batch", "train.max_vram_fraction"})
 # Keys that change the adapter's shape: even --force-resume cannot load such a checkpoint.
 SHAPE_KEYS = frozenset({"model.name", "lora.r", "lora.target_modules", "lora.bias"})
 
