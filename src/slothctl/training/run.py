@@ -143,7 +143,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
                              run=run, total=total, emit=emit, stop=stop)
 
     train_started = time.time()
-    trainer, step = fit(trainer_for, plan, total, memory, cfg.train, where["resume"], emit,
+    trainer, step = fit(trainer_for, plan, total, memory, cfg.train, run, where["resume"], emit,
                         announce=lambda t: status(emit, f"Training {total} steps on {backend.name} "
                                                         f"({'CUDA' if t.args.use_cpu is False else 'CPU'})"))
     train_seconds = time.time() - train_started
@@ -236,14 +236,15 @@ def setup_layout(cfg: Config, plan: RunPlan, backend: str, model_path: str, data
     return memory
 
 
-def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: TrainConfig, resume: str, emit: Emit,
-        announce=None) -> tuple[Any, int]:
+def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: TrainConfig, run: dict, resume: str,
+        emit: Emit, announce=None) -> tuple[Any, int]:
     """Train from the plan's checkpoint (or from the start) to `total` steps; returns the trainer and the
     step reached. A run killed after its last checkpoint has nothing left to train: its adapter weights
     are loaded (PEFT, as the Trainer does on resume) so that the final adapter can be saved.
 
     Out of memory (out_of_memory.py): with micro_batch "auto" the layout is halved and training goes on
-    from the step reached, once per halving; otherwise exit 1 with the computed changes."""
+    from the step reached, once per halving (`run["layout"]`, which checkpoints record, follows); otherwise
+    exit 1 with the computed changes."""
     layout, tokens_before = memory.layout, 0
     while True:
         trainer = trainer_for(layout, plan)
@@ -267,6 +268,7 @@ def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: T
         smaller = layout.halved() if arguments.micro_batch_request(train_cfg)[0] == "auto" else None
         if smaller is None:
             raise out_of_memory.failure(memory, layout, step, plan.paths.latest_checkpoint(), resume)
+        run["layout"] = smaller.to_dict()  # the checkpoint written now continues with it
         plan = _continue_at(trainer, plan, step)
         emit(Event("out_of_memory", {"step": step, "micro_batch": smaller.micro_batch, "grad_accum": smaller.grad_accum,
                                      "previous_micro_batch": layout.micro_batch},
