@@ -50,7 +50,7 @@ def test_out_of_memory_with_a_fixed_micro_batch_ends_with_the_changes_and_the_ch
     text = error_text(proc.stderr)
     assert "ran out of memory in step 3 with micro-batch 4 x 1 accumulation step" in text, text
     assert "newest checkpoint checkpoint-2 is intact" in text, text
-    assert "slothctl resume --set train.micro_batch=2" in text, text
+    assert "slothctl resume --set train.max_steps=3 --set train.micro_batch=2" in text, text
     paths = RunPaths(directory / "runs" / "proj")
     assert [step for step, _ in paths.checkpoints()] == [2] and not paths.incomplete_checkpoints()
     assert marker(paths.checkpoint(2))["layout"] == {"micro_batch": 4, "grad_accum": 1, "gradient_checkpointing": False,

@@ -22,9 +22,11 @@ ALLOWED_UNCHANGED = {"train.micro_batch", "train.max_vram_fraction"}  # resume t
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError (by class name: torch need not be imported), or the older RuntimeError text."""
+    """torch.OutOfMemoryError (by class name: torch need not be imported), or a RuntimeError saying so (CUDA
+    and Triton kernels that fail to allocate, cuBLAS workspaces)."""
     names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
-    return "torch.OutOfMemoryError" in names or (isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc))
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    return "torch.OutOfMemoryError" in names or "out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
 
 
 def measured() -> tuple[int | None, int | None]:
@@ -48,12 +50,12 @@ def release(trainer) -> None:
         torch.cuda.empty_cache()
 
 
-def _settings(change_settings: dict) -> dict:
+def user_settings(change_settings: dict) -> dict:
     """A change's TOML settings as a user sets them: micro_batch alone keeps the effective batch."""
     return {key: value for key, value in change_settings.items() if key != "train.gradient_accumulation_steps"}
 
 
-def _sets(settings: dict) -> str:
+def set_options(settings: dict) -> str:
     from slothctl.config import toml_value
 
     return " ".join(f"--set {shlex.quote(f'{key}={toml_value(value)}')}" for key, value in settings.items())
@@ -65,7 +67,7 @@ def computed_changes(memory: MemoryPlan, layout: Layout) -> list[tuple[str, dict
     found: list[Change] = []
     if memory.shape is not None and memory.gpu is not None and not memory.gpu.is_cpu:
         found = fixes(memory.shape, layout.setup(memory.setup), memory.gpu, max_vram_fraction=memory.max_vram_fraction)
-    out = [(change.summary, _settings(change.settings)) for change in found]
+    out = [(change.summary, user_settings(change.settings)) for change in found]
     smaller = layout.halved()
     if not out and smaller is not None:
         out.append((smaller.describe(), {"train.micro_batch": smaller.micro_batch}))
@@ -88,6 +90,6 @@ def failure(memory: MemoryPlan, layout: Layout, step: int, newest: Path | None, 
     options = []
     for summary, settings in changes:
         force = " --force-resume" if newest and set(settings) - ALLOWED_UNCHANGED else ""
-        command = f"{resume if newest else 'slothctl train'} {_sets(settings)}{force}"
+        command = f"{resume if newest else 'slothctl train'} {set_options(settings)}{force}"
         options.append(f"{summary}: {command}")
-    return RuntimeFailure(message, "fits by the estimate: " + "; or ".join(options))
+    return RuntimeFailure(message, "should fit with " + "; or ".join(options))
