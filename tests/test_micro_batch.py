@@ -83,3 +83,53 @@ def test_out_of_memory_with_auto_halves_the_micro_batch_and_continues_from_the_s
     assert info["step"] == 2 and info["layout"]["micro_batch"] == 2 and info["layout"]["source"] == "halved"
     summary = json.loads(paths.summary.read_text())
     assert summary["steps"] == 4 and summary["layout"]["micro_batch"] == 2 and summary["layout"]["grad_accum"] == 2
+
+
+BIG = ["--set", "model.max_seq_length=4096", "--set", "train.batch_size=64", "--set", "train.micro_batch=64",
+       "--set", "train.gradient_accumulation_steps=1"]
+
+
+def test_dry_run_on_a_terminal_prints_the_estimate_as_toml_comments_and_the_fixes(project, tmp_path):
+    import tomllib
+
+    from terminal import run_terminal
+
+    stdout = tmp_path / "resolved.toml"
+    result = run_terminal("train", "--dry-run", "--gpu", "T4", *BIG, cwd=project, stdout=stdout, columns=60)
+    assert result.returncode == 0, result.text
+    assert tomllib.loads(stdout.read_text())["train"]["micro_batch"] == 64  # stdout: the TOML, as before
+    lines = result.lines
+    assert lines and all(line.startswith("#") for line in lines), lines  # `2>&1` keeps the TOML valid
+    text = "\n".join(lines)
+    assert "# Plan for T4 (14.6 GiB): unsloth backend, adamw_8bit" in text, text
+    assert "micro-batch 64 x 1 accumulation step (64 rows per update)" in text
+    assert "will not fit" in text and "changes that fit:" in text and "--set train.micro_batch=" in text, text
+    assert "tokens per step" in text and "steps of" in text and "to the end" in text
+
+
+def test_dry_run_json_is_one_object_with_the_estimate(project):
+    result = run_cli("train", "--dry-run", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = result.json()  # one object: no event lines
+    estimate = found["estimate"]
+    assert found["gpu"] is None and found["layout"]["source"] == "configured" and estimate["fits"] is None
+    assert estimate["peak_vram_bytes"] == sum(estimate["breakdown"].values()) > 0
+    assert estimate["total_seconds"] == estimate["step_seconds"] * found["steps"] > 0
+    assert found["config"]["train"]["micro_batch"] == "auto" and found["train_rows"] > 0
+    refused = run_cli("train", "--gpu", "T4", cwd=project)
+    assert refused.returncode == 2 and "--gpu plans a dry run" in error_text(refused.stderr)
+
+
+def test_doctor_says_what_fits_each_gpu(project):
+    from slothctl import config
+    from slothctl.doctor import project_fits
+    from slothctl.memory import lookup
+
+    cfg = config.load(project / "slothctl.toml", [arg for arg in BIG if arg != "--set"])
+    (t4,) = project_fits(cfg, [lookup("T4")])
+    assert t4["gpu"] == "T4" and t4["estimate"]["fits"] is False and "will not fit" in t4["summary"]
+    assert t4["fixes"] and all(fix["peak_vram_bytes"] <= t4["estimate"]["budget_bytes"] for fix in t4["fixes"])
+    auto = config.load(project / "slothctl.toml", [arg for arg in BIG if arg != "--set"] + ["train.micro_batch=auto"])
+    (h200,) = project_fits(auto, [lookup("H200")])
+    assert h200["layout"]["source"] == "auto" and h200["estimate"]["fits"] is True and ": fits" in h200["summary"]
+    assert h200["layout"]["micro_batch"] * h200["layout"]["grad_accum"] == 64

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from slothctl.errors import RuntimeFailure
-from slothctl.memory import GIB, Change, fixes
+from slothctl.memory import GIB, Change, estimate, fixes, lookup
 from slothctl.training.layout import Layout, MemoryPlan
 
 ALLOWED_UNCHANGED = {"train.micro_batch", "train.max_vram_fraction"}  # resume takes these without --force-resume
@@ -80,8 +80,9 @@ def failure(memory: MemoryPlan, layout: Layout, step: int, newest: Path | None, 
     """The one-line error (and hint) that ends a run that ran out of memory."""
     peak, total = measured()
     amount = f"peak {peak / GIB:.1f} GiB of the GPU's {total / GIB:.1f} GiB" if total else "no CUDA peak measured"
-    if memory.estimate is not None and memory.setup is not None:
-        amount += f"; estimated {memory.estimate.peak_vram_bytes / GIB:.1f} GiB"
+    if memory.shape is not None and memory.setup is not None:
+        planned = estimate(memory.shape, layout.setup(memory.setup), memory.gpu or lookup("CPU"))
+        amount += f"; estimated {planned.peak_vram_bytes / GIB:.1f} GiB"
     kept = f"newest checkpoint {newest.name} is intact" if newest else "no checkpoint was written"
     message = f"the GPU ran out of memory in step {step + 1} with {layout.describe()} ({amount}); {kept}"
     changes = computed_changes(memory, layout)[:3]
