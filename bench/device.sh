@@ -12,6 +12,9 @@
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
 #   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; see DEVICE.md)
 #   bash bench/device.sh microbatch8b            (~4.5 min: builds the Llama-3-8B shape unless memory did)
+#   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
+#   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
+#   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -38,6 +41,13 @@ tests)
 merge4)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
+multigpu)
+    SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests_multi.json" python3 -m pytest tests/gpu/test_multi_gpu.py -v \
+        -p no:cacheprovider --basetemp=/tmp/pt 2>&1 | tee "$OUT/tests-multi.log" | tail -40 ;;
+scaling-qwen)  python3 bench/multi_gpu.py --gpus 1,2 --shapes qwen3-1.7b --out "$OUT/multi_gpu.json" 2>&1 \
+                   | tee -a "$OUT/bench.log" | tail -30 ;;
+scaling-llama) python3 bench/multi_gpu.py --gpus 1,2 --shapes llama-3-8b --out "$OUT/multi_gpu.json" 2>&1 \
+                   | tee -a "$OUT/bench.log" | tail -30 ;;
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;

@@ -130,7 +130,7 @@ class TrainConfig:
                                  "effective batch; gradient checkpointing off when the run fits and is faster "
                                  "without it), halved on an out-of-memory error; on CPU, batch_size. An integer "
                                  "fixes it; it must divide batch_size x gradient_accumulation_steps.",
-                                 min=1, max=65536,
+                                 choices=("auto",), min=1, max=65536,
                                  unsloth="the notebooks fix 2 x 4 accumulation steps, which leaves a large GPU "
                                          "mostly idle")
     max_vram_fraction: float = key(0.85, "Share of the GPU's memory `micro_batch = \"auto\"` plans to use (the "
@@ -174,6 +174,11 @@ class TrainConfig:
                         "else padded batches of similar-length rows; on CPU, padded batches. `padded`, "
                         "`length_grouped` or `padding_free` force one.",
                         choices=("auto", "padded", "length_grouped", "padding_free"))
+    gpus: int | str = key(1, "Data-parallel ranks on this machine, started through torchrun: each GPU trains on "
+                          "its share of every batch, so the global batch is batch_size x gradient_accumulation_steps "
+                          "x gpus. `auto` uses every visible CUDA GPU (1 on a machine without one). On a machine "
+                          "without CUDA a number N starts N CPU processes (gloo), which is slower than one: it is "
+                          "there to try the setup.", choices=("auto",), min=1, max=1024)
     report_to: str = key("none", "Experiment tracker: `tensorboard` writes to <run>/tensorboard/; `wandb` needs "
                          "the wandb extra and logs offline (WANDB_MODE=offline) unless you are logged in.",
                          choices=("none", "tensorboard", "wandb"))
@@ -313,8 +318,9 @@ class KeySpec:
         return _TYPE_NAMES.get(self.type, str(self.type))
 
 
-_TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string", int | str: 'integer or "auto"',
-               list[str]: "list of strings", dict[str, str]: "table of strings"}
+COUNT_OR_CHOICE = int | str  # an integer, or one of the key's (string) choices, e.g. [train] gpus = "auto"
+_TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string",
+               list[str]: "list of strings", dict[str, str]: "table of strings", COUNT_OR_CHOICE: "integer or string"}
 
 
 def schema() -> list[KeySpec]:
@@ -388,15 +394,17 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
             raise bad(f"expected an integer, got {shown}")
         if value > INT64_MAX and (spec.max is None or spec.max > INT64_MAX):
             raise bad(f"must be at most {INT64_MAX} (TOML integers are 64-bit), got {shown}")
-    elif expected == int | str:  # an integer, or the word "auto"
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise bad(f'expected an integer or "auto", got {shown}')
     elif expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(f"expected a number, got {shown}")
         value = float(value)
         if math.isnan(value) or math.isinf(value):
             raise bad(f"expected a finite number, got {shown}")
+    elif expected == COUNT_OR_CHOICE:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not (isinstance(value, int) or value in (spec.choices or ())):
+            raise bad(f"expected an integer or {' or '.join(json.dumps(c) for c in spec.choices or ())}, got {shown}")
     elif expected is str:
         if not isinstance(value, str):
             raise bad(f"expected a string, got {shown}", "put quotes around text values")
@@ -414,7 +422,7 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     if any(isinstance(text, str) and "\x00" in text for text in texts):
         raise bad("contains a NUL character (\\u0000), which no path, name or text here may hold",
                   "remove it")
-    if spec.choices is not None:
+    if spec.choices is not None and not (expected == COUNT_OR_CHOICE and isinstance(value, int)):
         values = value if isinstance(value, list) else [value]
         for v in values:
             if v not in spec.choices:
@@ -592,6 +600,12 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def choices_text(spec: KeySpec, quote: str = "{}") -> str:
+    """The sentence that lists a key's choices in the docs."""
+    listed = ", ".join(quote.format(c) for c in spec.choices or ())
+    return f" A number, or {listed}." if spec.type == COUNT_OR_CHOICE else f" One of: {listed}."
+
+
 def reference_markdown() -> str:
     """The README's TOML reference, generated from the schema."""
     out = []
@@ -603,7 +617,7 @@ def reference_markdown() -> str:
             default = "required" if spec.required else f"`{toml_value(spec.default)}`"
             doc = spec.doc
             if spec.choices:
-                doc += " One of: " + ", ".join(f"`{c}`" for c in spec.choices) + "."
+                doc += choices_text(spec, "`{}`")
             if spec.unsloth and not spec.unsloth.startswith("same"):
                 doc += f" *Unsloth recipes:* {spec.unsloth}."
             out.append(f"| `{spec.name}` | {spec.type_name} | {default} | {doc.replace('|', '/')} |")

@@ -59,7 +59,8 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
     try:
         resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
         data = setup_data(cfg, resolved.path, emit)
-        steps = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length)
+        ranks = cfg.train.gpus if isinstance(cfg.train.gpus, int) else 1  # "auto": counted when training
+        steps = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length, ranks)
     except SlothctlError as exc:
         return Preview(None, gpu, backend, optim, unavailable=exc.one_line())
     memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=resolved.path, backend=backend, optim=optim,
