@@ -17,7 +17,6 @@ epoch's tokens/s, torch's peak VRAM, and the layout auto chose with its estimate
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _shared import write_chat_rows, write_text_rows  # noqa: E402
+from memory_accuracy import environment  # noqa: E402  (device, date, library versions)
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/slothctl-bench"))
 VARIANTS = {"notebook": 2, "auto": "auto"}  # micro_batch
@@ -117,23 +117,6 @@ def data_for(kind: str, seq: int, rows: int) -> tuple[Path, str]:
     if not path.exists():
         write_text_rows(path, rows=rows, words_per_row=seq + 64)  # every row truncated to seq tokens
     return path, "text"
-
-
-def environment(dry_run: bool) -> dict:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    device = "cpu (dry run)"
-    if not dry_run:
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True)
-        device = proc.stdout.strip() or "unknown"
-    return {"device": device, "date": datetime.date.today().isoformat(), "versions": versions}
 
 
 def mean(values: list) -> float | None:
