@@ -76,6 +76,7 @@ def test_far_too_large_micro_batch_runs_out_of_memory_cleanly_and_auto_finishes(
     resumed = run_cli("resume", "--max-steps", "2", "--json", cwd=project)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     again = next(e for e in resumed.json_lines() if e["event"] == "layout")
-    assert (again["micro_batch"], again["source"]) == (layout["micro_batch"], "checkpoint")
+    recorded = halvings[-1]["micro_batch"] if halvings else layout["micro_batch"]  # what checkpoint-1 holds
+    assert (again["micro_batch"], again["source"]) == (recorded, "checkpoint")
     summary = json.loads(paths.summary.read_text())
     assert summary["steps"] == 2 and summary["resumed_from"] == 1
