@@ -85,8 +85,9 @@ def test_out_of_memory_with_auto_halves_the_micro_batch_and_continues_from_the_s
     assert summary["steps"] == 4 and summary["layout"]["micro_batch"] == 2 and summary["layout"]["grad_accum"] == 2
 
 
+# Packed rows fill max_seq_length: 64 x 4,096 tokens per micro-batch, far beyond a T4
 BIG = ["--set", "model.max_seq_length=4096", "--set", "train.batch_size=64", "--set", "train.micro_batch=64",
-       "--set", "train.gradient_accumulation_steps=1"]
+       "--set", "train.gradient_accumulation_steps=1", "--set", "train.packing=true"]
 
 
 def test_dry_run_on_a_terminal_prints_the_estimate_as_toml_comments_and_the_fixes(project, tmp_path):
@@ -117,7 +118,7 @@ def test_dry_run_json_is_one_object_with_the_estimate(project):
     assert estimate["total_seconds"] == estimate["step_seconds"] * found["steps"] > 0
     assert found["config"]["train"]["micro_batch"] == "auto" and found["train_rows"] > 0
     refused = run_cli("train", "--gpu", "T4", cwd=project)
-    assert refused.returncode == 2 and "--gpu plans a dry run" in error_text(refused.stderr)
+    assert refused.returncode == 2 and "--gpu NAME plans a dry run" in error_text(refused.stderr)
 
 
 def test_doctor_says_what_fits_each_gpu(project):
