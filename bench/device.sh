@@ -10,6 +10,8 @@
 #   bash bench/device.sh tests qwen llama varlen                          (any of them; results under $OUT)
 #   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
+#   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; see DEVICE.md)
+#   bash bench/device.sh microbatch8b            (~4.5 min: builds the Llama-3-8B shape unless memory did)
 #   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
 #   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
@@ -53,6 +55,14 @@ memory)  python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-16bit.json
              | tee -a "$OUT/memory.log" | tail -25 ;;
 memory4) python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-4bit.json" --weights 4bit 2>&1 \
              | tee -a "$OUT/memory.log" | tail -25 ;;
+oomtest) SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests-oom.json" python3 -m pytest tests/gpu/test_micro_batch_gpu.py -q \
+             -p no:cacheprovider --basetemp=/tmp/pt-oom 2>&1 | tee "$OUT/tests-oom.log" | tail -40 ;;
+microbatch)   python3 bench/micro_batch.py --out "$OUT/micro_batch-qwen.json" --shapes qwen3-1.7b 2>&1 \
+                  | tee -a "$OUT/micro_batch.log" | tail -30 ;;
+microbatch8b) python3 bench/micro_batch.py --out "$OUT/micro_batch-llama.json" --shapes llama-3-8b 2>&1 \
+                  | tee -a "$OUT/micro_batch.log" | tail -30 ;;
+microbatch4)  python3 bench/micro_batch.py --out "$OUT/micro_batch-4bit.json" --weights 4bit --data fixed 2>&1 \
+                  | tee -a "$OUT/micro_batch.log" | tail -30 ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac
 done

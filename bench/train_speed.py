@@ -96,6 +96,7 @@ format = "{fmt}"
 [train]
 batch_size = {bs}
 gradient_accumulation_steps = 1
+micro_batch = {bs}
 max_steps = {steps or 0}
 epochs = 1.0
 save_steps = 0

@@ -119,10 +119,22 @@ class DataConfig:
 class TrainConfig:
     """[train]: the optimisation loop."""
 
-    batch_size: int = key(2, "Rows per device per step.", min=1, max=65536, unsloth="same (2)")
+    batch_size: int = key(2, "Rows per device per step as configured; with gradient_accumulation_steps it sets "
+                          "the effective batch (rows per optimizer update), which micro_batch never changes.",
+                          min=1, max=65536, unsloth="same (2)")
     gradient_accumulation_steps: int = key(4, "Steps whose gradients are summed before an update; the "
                                            "effective batch is batch_size x this.", min=1, max=65536,
                                            unsloth="same (4)")
+    micro_batch: int | str = key("auto", "Rows the GPU processes at once. `auto`: on CUDA the largest that fits "
+                                 "max_vram_fraction by the memory estimate (accumulation lowered to keep the "
+                                 "effective batch; gradient checkpointing off when the run fits and is faster "
+                                 "without it), halved on an out-of-memory error; on CPU, batch_size. An integer "
+                                 "fixes it; it must divide batch_size x gradient_accumulation_steps.",
+                                 choices=("auto",), min=1, max=65536,
+                                 unsloth="the notebooks fix 2 x 4 accumulation steps, which leaves a large GPU "
+                                         "mostly idle")
+    max_vram_fraction: float = key(0.85, "Share of the GPU's memory `micro_batch = \"auto\"` plans to use (the "
+                                   "estimate's peak, CUDA context included).", min=0.1, max=1.0)
     learning_rate: float = key(2e-4, "Peak learning rate.", min=0.0, max=1.0, min_exclusive=True,
                                unsloth="same (2e-4)")
     lr_scheduler: str = key("cosine", "Learning-rate schedule after warmup.",
@@ -416,7 +428,7 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
             if v not in spec.choices:
                 options = ", ".join(map(str, spec.choices))
                 raise bad(f"{json.dumps(v)} is not one of: {options}", _did_you_mean(str(v), list(spec.choices)))
-    if spec.min is not None and isinstance(value, (int, float)):
+    if spec.min is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < spec.min or (spec.min_exclusive and value == spec.min):
             rel = "greater than" if spec.min_exclusive else "at least"
             raise bad(f"must be {rel} {_number(spec.min)}, got {shown}")
@@ -451,6 +463,12 @@ def _check_consistency(cfg: Config, where: str) -> None:
     if cfg.train.early_stopping_patience and cfg.train.skip_eval:
         raise ConfigError(where, "[train] early_stopping_patience", "needs evaluations, but skip_eval is true",
                           "set skip_eval = false, or early_stopping_patience = 0")
+    rows = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    if isinstance(cfg.train.micro_batch, int) and rows % cfg.train.micro_batch:
+        raise ConfigError(where, "[train] micro_batch", f"{cfg.train.micro_batch} does not divide the effective batch "
+                          f"of {rows} rows (batch_size {cfg.train.batch_size} x gradient_accumulation_steps "
+                          f"{cfg.train.gradient_accumulation_steps})",
+                          f"use a divisor of {rows}, or micro_batch = \"auto\"")
     name = cfg.output.name
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ConfigError(where, "[output] name", f"{json.dumps(name)} is not a valid folder name",

@@ -15,11 +15,41 @@ def _cuda() -> dict[str, Any]:
     from slothctl.backends import cuda_available
 
     if not cuda_available():
-        return {"available": False, "devices": []}
+        return {"available": False, "devices": [], "gpus": []}
     import torch
 
-    return {"available": True, "cuda": torch.version.cuda,
-            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        gpus.append({"index": index, "name": torch.cuda.get_device_name(index), "total_bytes": total,
+                     "free_bytes": free})
+    return {"available": True, "cuda": torch.version.cuda, "devices": [gpu["name"] for gpu in gpus], "gpus": gpus}
+
+
+def project_fits(cfg, gpus: list) -> list[dict[str, Any]]:
+    """What fits each GPU (slothctl.memory Gpu entries) for the project's config, by the estimate: the layout
+    `micro_batch` gives there, its peak, and when it does not fit, the changes that would. Every row is taken
+    as max_seq_length long (the data is not read here; `train --dry-run` reads it)."""
+    from slothctl import models
+    from slothctl.errors import SlothctlError
+    from slothctl.training.layout import plan_memory
+    from slothctl.training.preview import planned_backend
+
+    try:
+        path = models.resolve(cfg.model.name, cfg.project_dir).path
+    except SlothctlError as exc:
+        return [{"gpu": gpu.name, "unavailable": exc.one_line()} for gpu in gpus]
+    found = []
+    for gpu in gpus:
+        backend = planned_backend(cfg.model.backend, gpu, named=False)
+        optim = cfg.train.optim if cfg.train.optim != "auto" else "adamw_8bit"
+        memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=path, backend=backend, optim=optim,
+                             lengths=None, gpu=gpu)
+        planned = memory.to_dict()
+        found.append({"gpu": gpu.name, "backend": backend, "summary": memory.fit_text(),
+                      "layout_text": memory.layout.describe(), "layout": planned["layout"],
+                      "estimate": planned["estimate"], "fixes": planned["fixes"], "unavailable": planned["unavailable"]})
+    return found
 
 
 def _embedded() -> list[dict[str, Any]]:
@@ -53,9 +83,12 @@ def _project(config: Path | None, sets: list[str]) -> dict[str, Any] | None:
     except SlothctlError as exc:
         return {"config": str(config), "valid": False, "problem": exc.one_line()}
     paths = RunPaths(cfg.run_dir)
+    from slothctl.memory import for_device
+
+    gpus = [for_device(gpu["name"], gpu["total_bytes"]) for gpu in _cuda()["gpus"]]
     return {"config": str(config), "valid": True, "model": cfg.model.name, "backend": cfg.model.backend,
             "run_dir": str(paths.root), "adapter": (paths.adapter / "adapter_config.json").is_file(),
-            "merged": paths.merged.is_dir(), "gguf": paths.gguf.is_dir()}
+            "merged": paths.merged.is_dir(), "gguf": paths.gguf.is_dir(), "fits": project_fits(cfg, gpus)}
 
 
 def report(config: Path | None = None, sets: list[str] | None = None) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def doctor(config: ConfigOption = DEFAULT_CONFIG, sets: SetOption = None, json_m
     cuda = info["cuda"]
     line(cuda["available"], "CUDA " + (f"{cuda.get('cuda')} ({', '.join(cuda['devices'])})"
                                       if cuda["available"] else "(training runs on CPU)"))
+    for gpu in cuda.get("gpus", []):
+        parts.append(f"        GPU {gpu['index']} {gpu['name']}: {gpu['total_bytes'] / 2**30:.1f} GiB, "
+                     f"{gpu['free_bytes'] / 2**30:.1f} GiB free\n")
     unsloth = info["unsloth"]
     line(unsloth["installed"], f"unsloth {libs['unsloth'] or INSTALL_UNSLOTH}"
          + ("" if unsloth["usable"] or not unsloth["installed"] else " (needs CUDA)"))
@@ -53,6 +56,14 @@ def doctor(config: ConfigOption = DEFAULT_CONFIG, sets: SetOption = None, json_m
             have = [name for name in ("adapter", "merged", "gguf") if project[name]]
             parts += [("ok     ", "green"), f" project {project['config']}: run {project['run_dir']} "
                                            f"({', '.join(have) or 'not trained yet'})\n"]
+            for fit in project.get("fits", []):
+                if fit.get("estimate") is None:
+                    parts.append(f"        on {fit['gpu']}: {fit.get('summary') or fit.get('unavailable')}\n")
+                    continue
+                fits = fit["estimate"]["fits"]
+                parts += [f"        on {fit['gpu']}: {fit['layout_text']}; ", (fit["summary"], "green" if fits else "yellow"),
+                          "\n"]
+                parts += [f"          would fit: {change['summary']}\n" for change in fit["fixes"][:2]]
         else:
             parts += [("invalid", "yellow"), f" project: {project['problem']}\n"]
     parts[-1] = parts[-1].rstrip("\n") if isinstance(parts[-1], str) else parts[-1]

@@ -84,9 +84,9 @@ def _disk_full(exc: BaseException) -> Explained:
 
 
 def out_of_memory(exc: BaseException) -> Explained:
-    """CUDA ran out of memory. The memory-model work fills this in: the estimate it made for this
-    config, the measured peak below, and the smallest change that fits (it knows the config; this
-    function only sees the exception)."""
+    """CUDA ran out of memory outside a training step (loading, merging, chatting). Training ends its own
+    out-of-memory errors with the estimate's changes for its config (training/out_of_memory.py); this
+    function only sees the exception."""
     peak = ""
     torch = sys.modules.get("torch")
     try:

@@ -55,7 +55,7 @@ class EventView:
             self._training(event)
         elif kind == "checkpoint":
             self._line([(f"checkpoint saved: {event.data['path']}", "dim")])
-        elif kind == "stopping":
+        elif kind in ("stopping", "out_of_memory"):
             self._line([(message, "yellow")])
         elif kind == "status" and self.transient_status:
             self._spin(message)

@@ -65,8 +65,51 @@ def render_result(out: Output, result) -> None:
     out.result({"event": "done", **result.to_json()}, human + [f"\nAdapter: {result.adapter}\nNext: slothctl chat"])
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def render_preview(found) -> str:
+    """The dry run's estimate as TOML comments (stderr): `--dry-run > f.toml 2>&1` stays valid TOML."""
+    memory = found.memory
+    where = f"{found.gpu.name} ({_gib(found.gpu.memory_bytes)})" if found.gpu else "CPU (no GPU here; --gpu NAME plans for one)"
+    lines = [f"Plan for {where}: {found.backend} backend, {found.optim}"]
+    if memory is None or memory.estimate is None:
+        reason = found.unavailable or (memory.unavailable if memory else None)
+        if memory is not None:
+            lines.append(memory.layout.describe())
+        lines.append(f"no memory estimate: {reason}")
+        return "\n".join(f"# {line}" for line in lines)
+    est, layout = memory.estimate, memory.layout
+    why = {"auto": "auto: the largest that fits", "fixed": "micro_batch", "configured": "batch_size as configured"}
+    lines.append(f"{layout.describe()} ({why.get(layout.source, layout.source)})")
+    lines.append(f"{'part':18} {'GiB':>8}")
+    lines += [f"  {part:16} {size / 2**30:8.2f}" for part, size in est.breakdown.items() if size]
+    budget = f"; budget {memory.max_vram_fraction:.0%} = {_gib(est.budget_bytes)}" if est.budget_bytes else ""
+    verdict = {True: ": fits", False: ": will not fit", None: ""}[est.fits]
+    lines.append(f"  {'peak':16} {est.peak_vram_bytes / 2**30:8.2f}  ({est.peak_at}){budget}{verdict}")
+    total = f", {_clock(est.total_seconds)} to the end" if est.total_seconds is not None else ""
+    lines.append(f"{est.tokens_per_step:,.0f} tokens per step ({est.real_tokens_per_step:,.0f} real), {found.steps} steps "
+                 f"of {found.train_rows} rows, {est.step_seconds:.2f} s per step{total} (estimated, "
+                 f"{est.tokens_per_second:,.0f} tokens/s)")
+    if est.fits is False:
+        from slothctl.training.out_of_memory import set_options, user_settings
+
+        lines.append("changes that fit:" if memory.fixes else "no change found that fits")
+        lines += [f"  {change.summary}: {set_options(user_settings(change.settings))}" for change in memory.fixes]
+    lines += [f"note: {note}" for note in est.notes]
+    return "\n".join(f"# {line}" for line in lines)
+
+
 @examples(("slothctl train", "train the project in this folder (or continue its run)"),
           ("slothctl train --max-steps 20 --set lora.r=8", "a short run with a smaller adapter"),
+          ("slothctl train --dry-run", "the memory and time estimate (stderr) and the resolved config (stdout)"),
+          ("slothctl train --dry-run --gpu T4", "will it fit a T4, and what would make it fit"),
           ("slothctl train --dry-run > resolved.toml", "the resolved config, as a TOML file"))
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -76,8 +119,12 @@ def train(
                                         "instead of resuming the existing one.")] = False,
     force_resume: ForceResumeOption = False,
     gpus: GpusOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config (with --remote: what would "
-                                          "run where) and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as TOML on stdout and the "
+                                          "memory and time estimate on stderr (with --remote: what would run "
+                                          "where), then stop.")] = False,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="With --dry-run: plan for this GPU "
+                                               "(H200, H100, A100-80GB, L40S, RTX 4090, T4, ...) instead of the "
+                                               "one present. (--gpus N trains on N GPUs.)")] = None,
     remote: RemoteOption = None,
     detach: DetachOption = False,
     json_mode: JsonOption = False,
@@ -89,10 +136,19 @@ def train(
     """
     out = start(json_mode, quiet)
     cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
+    if gpu and not dry_run:
+        from slothctl.errors import UsageError
+
+        raise UsageError("--gpu NAME plans a dry run for another GPU", "add --dry-run, or use --gpus N to train on N GPUs")
     if dry_run and not (remote or detach):
         from slothctl.config import to_toml
+        from slothctl.events import ignore
+        from slothctl.training.preview import preview
 
-        out.text({"config": cfg.to_dict(), "run_dir": str(cfg.run_dir)}, to_toml(cfg))
+        found = preview(cfg, gpu, ignore)  # stderr holds only the TOML comments below
+        if not out.json_mode:
+            out.note(render_preview(found))
+        out.text({"config": cfg.to_dict(), "run_dir": str(cfg.run_dir), **found.to_dict()}, to_toml(cfg))
         return
     if fresh and force_resume:
         from slothctl.errors import UsageError

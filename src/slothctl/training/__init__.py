@@ -5,6 +5,10 @@
     checks.py       refusals before the model loads: unwritable folder, too little disk
     arguments.py    every [train] key → TRL's SFTConfig, the step count, batching, optimizer, early stopping
     batching.py     how rows share batches: packing and padding measured on the rows, the length-grouped sampler
+    layout.py       micro-batch, accumulation and checkpointing of the run (micro_batch "auto": the memory
+                    estimate's choice), recorded in checkpoints
+    out_of_memory.py  CUDA out of memory: halve the micro-batch and go on (auto), else exit 1 with the changes
+    preview.py      `train --dry-run`: the layout and the memory and time estimate, before anything loads
     trainer.py      the SFTTrainer subclass both backends train with, and the datasets it gets
     checkpoints.py  what a checkpoint holds, how it is completed, when a run may continue from one
     callbacks.py    progress events and metrics.jsonl, run control (signals, early-stopping saves)

@@ -15,6 +15,9 @@
                                                              planned_steps and sft_config read the ranks
     seed, gradient_checkpointing                           → also LoRA and model loading (lora_options,
                                                              backends.LoadOptions)
+    micro_batch, max_vram_fraction                         → micro_batch_request → layout.py, which sets
+                                                             batch_size, accumulation and checkpointing
+                                                             of the run (Layout.applied) before all else
 """
 
 from __future__ import annotations
@@ -46,13 +49,19 @@ def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int, ranks
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def batching_strategy(train: TrainConfig, lengths: list[int] | None = None) -> str:
-    """packing wins; else [train] batching, where `auto` is what measured fastest (batching.fastest)."""
+def batching_strategy(train: TrainConfig, lengths: list[int] | None = None, cuda: bool | None = None) -> str:
+    """packing wins; else [train] batching, where `auto` is what measured fastest (batching.fastest)
+    for a CUDA or CPU run (`cuda`; None: this machine)."""
     if train.packing:
         return "packed"
     if train.batching != "auto":
         return train.batching
-    return fastest(lengths, train.batch_size)
+    return fastest(lengths, train.batch_size, cuda)
+
+
+def micro_batch_request(train: TrainConfig) -> tuple[int | str, float]:
+    """What layout.choose_layout decides from: `micro_batch` ("auto" or rows) and the VRAM share "auto" plans for."""
+    return train.micro_batch, train.max_vram_fraction
 
 
 def batching_args(strategy: str) -> dict[str, Any]:

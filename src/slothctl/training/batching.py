@@ -36,7 +36,7 @@ def varlen_attention_available() -> bool:
     return on_cuda() and importlib.util.find_spec("flash_attn") is not None
 
 
-def fastest(lengths: list[int] | None, batch_size: int) -> str:
+def fastest(lengths: list[int] | None, batch_size: int, cuda: bool | None = None) -> str:
     """What `batching = "auto"` picks: what measured fastest (bench/results, README "Speed"):
 
     - padding-free where a varlen attention kernel (FlashAttention) is installed;
@@ -46,10 +46,13 @@ def fastest(lengths: list[int] | None, batch_size: int) -> str:
     - otherwise padded batches of similar lengths: without a varlen kernel padding-free runs
       attention segment by segment and was 2.2x slower on chat data;
     - on CPU, plain padded batches in shuffled order.
+
+    `cuda`: decide for a CUDA or CPU run (None: this machine), e.g. to plan for another GPU.
     """
-    if varlen_attention_available():
+    cuda = on_cuda() if cuda is None else cuda
+    if cuda and varlen_attention_available():
         return "padding_free"
-    if not on_cuda():
+    if not cuda:
         return "padded"  # measured on GPUs only; on CPU, the plain shuffled order
     if lengths is not None and len(lengths) and padding_fraction(lengths, batch_size) < 0.02:
         return "padding_free"

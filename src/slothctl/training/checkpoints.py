@@ -50,9 +50,10 @@ SECTIONS = ("model", "lora", "data", "train")
 # to train, and bookkeeping that does not touch the numbers (the trainer takes them from the new config).
 # The engine may change too: a run started with the hf backend on CPU continues with unsloth on a GPU.
 # The number of ranks may change too (train.gpus): with a warning, since the global batch changes.
+# So may the micro-batch (the effective batch stays; layout.py): e.g. a smaller one after running out of memory.
 FREE_TO_CHANGE = frozenset({"train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
                             "train.logging_steps", "train.report_to", "data.num_proc", "model.backend",
-                            "train.gpus"})
+                            "train.gpus", "train.micro_batch", "train.max_vram_fraction"})
 # Keys that change the adapter's shape: even --force-resume cannot load such a checkpoint.
 SHAPE_KEYS = frozenset({"model.name", "lora.r", "lora.target_modules", "lora.bias"})
 

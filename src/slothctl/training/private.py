@@ -39,6 +39,12 @@ HOOKS = (
          "PeftModel.from_pretrained leaves Unsloth's savers bound to the base model, which refuses to save "
          "while it holds LoRA layers; this binds them to the PeftModel, as Unsloth's get_peft_model does. "
          "Unsloth has no public call for it (4-bit merge, backends/unsloth.py)."),
+    Hook("transformers.trainer:Trainer._save_checkpoint", ("self", "model", "trial"),
+         "A checkpoint of the step reached when the GPU ran out of memory in the middle of the next one "
+         "(out_of_memory.py): the run then continues from it with half the micro-batch. The Trainer saves only "
+         "from inside its loop; this is its own save (model, optimizer, scheduler, RNG, trainer state), and "
+         "the `on_save` callbacks then mark it complete as any other checkpoint.",
+         caller="transformers.trainer:Trainer._maybe_log_save_evaluate"),
     Hook("trl:SFTTrainer.compute_loss", ("self", "model", "inputs", "return_outputs", "num_items_in_batch"),
          "Overridden on CPU with transformers' plain loss: TRL's fused log-prob loss needs Triton.",
          private=False),
@@ -68,3 +74,9 @@ def bind_unsloth_savers(model: Any) -> None:
     from unsloth.save import patch_saving_functions
 
     patch_saving_functions(model)
+
+
+def save_checkpoint(trainer: Any) -> None:
+    """checkpoint-<global step> written by the Trainer's own save, then its `on_save` callbacks (see HOOKS)."""
+    trainer._save_checkpoint(trainer.model, trial=None)
+    trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)

@@ -16,6 +16,7 @@ the only part that differs between CPU and GPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from slothctl.errors import Interrupted
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
-from slothctl.training import arguments, callbacks, checkpoints, ranks, trackers
+from slothctl.training import arguments, callbacks, checkpoints, out_of_memory, private, ranks, trackers
+from slothctl.training.layout import Layout, MemoryPlan, plan_memory, present_gpu
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
@@ -140,6 +142,8 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     elif paths.metrics.is_file():
         status(emit, f"No complete checkpoint in {paths.root}: training it again from step 0")
 
+    memory = setup_layout(cfg, plan, backend.name, resolved.path, data, run["optim"], total, emit)
+    run["layout"] = memory.layout.to_dict()  # every checkpoint records it: a resumed run keeps it
     if ranks.is_main():  # the run folder is rank 0's
         if locked_root != paths.root:
             held.enter_context(locked(paths.root))
@@ -147,17 +151,23 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         if arguments.tracker(cfg.train) == "wandb":
             trackers.prepare_wandb(paths, emit)
 
-    model, tokenizer = setup_model(cfg.model, backend, resolved.path, LoadOptions.of(cfg), emit)
+    laid_out = with_train(cfg, memory.layout.applied(cfg.train))  # batch size, accumulation, checkpointing
+    model, tokenizer = setup_model(cfg.model, backend, resolved.path, LoadOptions.of(laid_out), emit)
     model = setup_lora(cfg.lora, backend, model, max_seq_length=cfg.model.max_seq_length,
-                       **arguments.lora_options(cfg.train))
-    trainer = setup_trainer(cfg.train, cfg.model, backend, model, tokenizer, data, plan=plan, run=run,
-                            total=total, emit=emit, stop=stop)
-    on = ", ".join(filter(None, ["CUDA" if trainer.args.use_cpu is False else "CPU",
-                                 ranks.describe(cfg.train.batch_size, cfg.train.gradient_accumulation_steps)]))
-    status(emit, f"Training {total} steps on {backend.name} ({on})")
+                       **arguments.lora_options(laid_out.train))
+
+    def trainer_for(layout: Layout, resume_plan: RunPlan):
+        return setup_trainer(layout.applied(cfg.train), cfg.model, backend, model, tokenizer, data, plan=resume_plan,
+                             run=run, total=total, emit=emit, stop=stop)
+
+    def announce(trainer) -> None:
+        on = ", ".join(filter(None, ["CUDA" if trainer.args.use_cpu is False else "CPU",
+                                     ranks.describe(trainer.args.per_device_train_batch_size,
+                                                    trainer.args.gradient_accumulation_steps)]))
+        status(emit, f"Training {total} steps on {backend.name} ({on})")
 
     train_started = time.time()
-    step = fit(trainer, plan, total)
+    trainer, step = fit(trainer_for, plan, total, memory, cfg.train, run, where["resume"], emit, announce=announce)
     train_seconds = time.time() - train_started
     trainer.tokens_seen = ranks.total(trainer.tokens_seen)  # from here on, the tokens of every rank
     if not ranks.is_main():  # rank 0 saves, reports and raises; a rank that stopped with it ends quietly
@@ -234,16 +244,88 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
 
 # ---- train and save -------------------------------------------------------------------------------------------------
 
-def fit(trainer, plan: RunPlan, total: int) -> int:
-    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached.
-    A run killed after its last checkpoint has nothing left to train: its adapter weights are loaded
-    (PEFT, as the Trainer does on resume) so that the final adapter can be saved."""
-    if plan.resume_step is not None and plan.resume_step >= total:
-        model = trainer.model
-        model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
-        return plan.resume_step
-    trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
-    return trainer.state.global_step
+def setup_layout(cfg: Config, plan: RunPlan, backend: str, model_path: str, data: Prepared, optim: str, total: int,
+                 emit: Emit) -> MemoryPlan:
+    """[train] micro_batch: the run's layout (layout.py) and its memory estimate, announced; a warning
+    with the computed changes when the estimate says it will not fit."""
+    recorded = plan.info.get("layout") if plan.checkpoint is not None else None
+    memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=model_path, backend=backend, optim=optim,
+                         lengths=data.train_lengths, gpu=present_gpu(), steps=total, recorded=recorded)
+    layout = memory.layout
+    why = {"auto": "the largest that fits, by the estimate", "fixed": "train.micro_batch",
+           "configured": "batch_size as configured", "checkpoint": f"as {plan.checkpoint.name if plan.checkpoint else ''} "
+                                                                    "recorded"}[layout.source]
+    emit(Event("layout", {**layout.to_dict(), "estimate": memory.estimate.to_dict() if memory.estimate else None},
+               f"{layout.describe()} ({why}); {memory.fit_text()}"))
+    if memory.estimate is not None and memory.estimate.fits is False:
+        options = "; ".join(change.summary for change in memory.fixes[:3]) or "none found"
+        warning(emit, f"by the memory estimate this run will not fit the GPU; changes that fit: {options}")
+    return memory
+
+
+def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: TrainConfig, run: dict, resume: str,
+        emit: Emit, announce=None) -> tuple[Any, int]:
+    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the trainer and the
+    step reached. A run killed after its last checkpoint has nothing left to train: its adapter weights
+    are loaded (PEFT, as the Trainer does on resume) so that the final adapter can be saved.
+
+    Out of memory (out_of_memory.py): with micro_batch "auto" the layout is halved and training goes on
+    from the step reached, once per halving (`run["layout"]`, which checkpoints record, follows); otherwise
+    exit 1 with the computed changes."""
+    layout, tokens_before = memory.layout, 0
+    while True:
+        trainer = trainer_for(layout, plan)
+        trainer.tokens_seen = tokens_before
+        if announce is not None:
+            announce(trainer)
+            announce = None
+        if plan.resume_step is not None and plan.resume_step >= total:
+            model = trainer.model
+            model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
+            return trainer, plan.resume_step
+        try:
+            trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+            return trainer, trainer.state.global_step
+        except Exception as exc:  # noqa: BLE001 - only out of memory is handled; the rest goes on up
+            if not out_of_memory.is_out_of_memory(exc):
+                raise
+        # here the exception, and the activations its traceback held, are gone
+        step = trainer.state.global_step
+        out_of_memory.release(trainer)
+        # one rank cannot change the layout alone: the others wait for it in the next collective
+        halving = arguments.micro_batch_request(train_cfg)[0] == "auto" and ranks.world_size() == 1
+        smaller = layout.halved() if halving else None
+        if smaller is None:
+            raise out_of_memory.failure(memory, layout, step, plan.paths.latest_checkpoint(), resume)
+        run["layout"] = smaller.to_dict()  # the checkpoint written now continues with it
+        plan = _continue_at(trainer, plan, step)
+        emit(Event("out_of_memory", {"step": step, "micro_batch": smaller.micro_batch, "grad_accum": smaller.grad_accum,
+                                     "previous_micro_batch": layout.micro_batch},
+                   f"Out of memory in step {step + 1}: micro-batch {layout.micro_batch} → {smaller.micro_batch}, "
+                   f"accumulation {layout.grad_accum} → {smaller.grad_accum} (the same {layout.rows_per_step} rows per "
+                   f"update); continuing from step {step}"))
+        tokens_before = trainer.tokens_seen
+        trainer.accelerator.free_memory()
+        del trainer
+        layout = smaller
+        memory.layout = layout
+
+
+def _continue_at(trainer, plan: RunPlan, step: int) -> RunPlan:
+    """The plan to continue from `step` after running out of memory in the next one: its checkpoint (written
+    now unless the newest one is that step), or the start when no step was done."""
+    paths = plan.paths
+    if step == 0:
+        return dataclasses.replace(plan, checkpoint=None, info={})
+    newest = paths.checkpoints()
+    if not newest or newest[-1][0] < step:
+        private.save_checkpoint(trainer)
+    folder = paths.checkpoint(step)
+    return dataclasses.replace(plan, checkpoint=folder, info=checkpoints.read_info(folder))
+
+
+def with_train(cfg: Config, train: TrainConfig) -> Config:
+    return dataclasses.replace(cfg, train=train)
 
 
 def _start_run_folder(cfg: Config, plan: RunPlan) -> None:
@@ -289,6 +371,7 @@ def finish(cfg: Config, plan: RunPlan, backend: str, trainer, tokenizer, data: P
         "train_tokens": trainer.tokens_seen, "losses": losses, "evals": evals,
         "best_eval_loss": min((loss for _, loss in evals), default=None),
         "config_hash": run["config_hash"], "optim": run["optim"], "peak_vram_gb": _peak_vram_gb(),
+        "layout": run.get("layout"),
         "data": {"rows": data.rows, "format": data.format, "train_rows": data.train_rows,
                  "eval_rows": data.eval_rows, "invalid": len(data.invalid), "truncated": data.truncated,
                  "chat_template": data.template.name if data.template else None, "hash": run["data"]["hash"]},
