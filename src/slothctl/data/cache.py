@@ -29,7 +29,7 @@ from slothctl.data.templates import ChatTemplate
 from slothctl.data.tokenizer import TextTokenizer
 from slothctl.runs import atomic_dir, file_sha256, write_json_atomic
 
-PIPELINE_VERSION = "1"  # bump when the same inputs would give other tokens
+PIPELINE_VERSION = "2"  # bump when the same inputs would give other tokens
 ARRAYS = ("ids", "trained", "offsets", "full_lengths", "row_numbers", "is_eval")
 
 
