@@ -274,7 +274,7 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
                      "GGUF files")
 
     from slothctl.data.tokenizer import load_text_tokenizer
-    from slothctl.export.chat_formats import translate
+    from slothctl.export.chat_formats import FAMILIES, translate
 
     tok = load_text_tokenizer(str(merged_dir))
     eos_id = tok.eos_id
@@ -310,8 +310,9 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
         chat = translate(tok.chat_template, tok) if tok.chat_template else None
         modelfile = None
         if chat is None:
-            warnings.append("the chat template matches none of chatml, llama-3 and alpaca, so no Ollama Modelfile "
-                            "was written (the GGUF carries the template for llama.cpp and LM Studio)")
+            known = ", ".join(family.name for family in FAMILIES)
+            warnings.append(f"the chat template matches none of the families slothctl translates for Ollama ({known}), "
+                            "so no Modelfile was written (the GGUF carries the template for llama.cpp and LM Studio)")
         else:
             from slothctl.export.modelfile import modelfile_text
 
