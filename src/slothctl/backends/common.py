@@ -10,6 +10,22 @@ from slothctl.config import Config
 from slothctl.data.encode import Encoded
 
 
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def lora_targets(model, names: list[str]) -> list[str]:
+    """[lora] target_modules as this architecture names its layers: Phi 3 fuses q/k/v into `qkv_proj`
+    and gate/up into `gate_up_proj`, so the usual seven names would adapt only o_proj and down_proj
+    (PEFT is silent when some names match). A fused layer replaces the separate names it holds."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = list(names)
+    for fused, parts in FUSED_PROJECTIONS.items():
+        missing = [p for p in parts if p in targets and p not in present]
+        if fused in present and missing and fused not in targets:
+            targets = [t for t in targets if t not in missing] + [fused]
+    return targets
+
+
 def on_cuda() -> bool:
     import torch
 

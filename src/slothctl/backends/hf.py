@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slothctl.backends.common import compute_dtype, make_trainer_class, on_cuda
+from slothctl.backends.common import compute_dtype, lora_targets, make_trainer_class, on_cuda
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, ignore, status
@@ -59,12 +59,13 @@ def load(cfg: Config, model_path: str, emit: Emit = ignore):
     return model, tokenizer
 
 
-def lora_config(cfg: Config):
+def lora_config(cfg: Config, model=None):
     from peft import LoraConfig
 
     lora = cfg.lora
+    targets = lora_targets(model, list(lora.target_modules)) if model is not None else list(lora.target_modules)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
-                      target_modules=list(lora.target_modules), use_rslora=lora.use_rslora, task_type="CAUSAL_LM")
+                      target_modules=targets, use_rslora=lora.use_rslora, task_type="CAUSAL_LM")
 
 
 def add_lora(model, cfg: Config):
@@ -73,7 +74,7 @@ def add_lora(model, cfg: Config):
 
     torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are initialised randomly
     try:
-        model = get_peft_model(model, lora_config(cfg))
+        model = get_peft_model(model, lora_config(cfg, model))
     except ValueError as exc:
         raise UsageError(f"[lora] target_modules: {exc}",
                          "list module names that exist in the model, e.g. q_proj, v_proj") from None

@@ -19,7 +19,7 @@ os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network calls fro
 import unsloth  # noqa: E402,F401  (must precede transformers, trl, peft)
 
 from slothctl.backends import hf  # noqa: E402
-from slothctl.backends.common import make_trainer_class  # noqa: E402
+from slothctl.backends.common import lora_targets, make_trainer_class  # noqa: E402
 from slothctl.config import Config  # noqa: E402
 from slothctl.errors import RuntimeFailure, UsageError  # noqa: E402
 from slothctl.events import Emit, ignore, status  # noqa: E402
@@ -68,7 +68,7 @@ def add_lora(model, cfg: Config):
         return FastLanguageModel.get_peft_model(
             model,
             r=lora.r,
-            target_modules=list(lora.target_modules),
+            target_modules=lora_targets(model, list(lora.target_modules)),
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             bias=lora.bias,
