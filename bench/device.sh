@@ -8,6 +8,8 @@
 #   bash bench/device.sh setup     carry .whl .gpuchunks/w .gpuchunks/a   (installs into /tmp/site)
 #   bash bench/device.sh model     carry .gpuchunks/b .gpuchunks/c        (the embedded model's wheel)
 #   bash bench/device.sh tests qwen llama varlen                          (any of them; results under $OUT)
+#   bash bench/device.sh families1 families2   carry .gpuchunks/families  (the model families, unsloth backend;
+#        python tests/families.py pack .gpuchunks/families writes the tokenizers there: 10.4 MiB)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -34,6 +36,12 @@ tests)
 merge4)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
+families1|families2)
+    # three families per call: each takes 1-2 minutes (train, chat, merge with its check)
+    pick=$([ "$step" = families1 ] && echo "llama or qwen" || echo "gemma or phi or mistral")
+    SLOTHCTL_FAMILY_TOKENIZERS="$PWD/.gpuchunks/families/tokenizers.tar.xz" SLOTHCTL_GPU_RESULTS="$OUT/gpu_$step.json" \
+        python3 -m pytest tests/gpu/test_families.py -q -p no:cacheprovider --basetemp=/tmp/pt-$step -k "$pick" \
+        2>&1 | tee "$OUT/tests-$step.log" | tail -40 ;;
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;

@@ -13,11 +13,12 @@ end-of-turn token (see `_force_end_of_turn`): with random weights there is no ot
 chat stop.
 
 Two caches under $SLOTHCTL_CACHE/families/ (built once, under a lock, renamed into place whole):
-`tokenizers-v{VERSION}/` (about 80 MB; `python tests/families.py pack DIR` copies it for a machine
-without the sdist, which then sets SLOTHCTL_FAMILY_TOKENIZERS=DIR) and `models-v{VERSION}/<family>/`.
+`tokenizers-v{VERSION}/` (82 MB) and `models-v{VERSION}/<family>/` (185 MB). A machine without the
+sdist (the device: no internet) gets the tokenizers as an archive (10.4 MiB) and sets
+SLOTHCTL_FAMILY_TOKENIZERS to it; the models are then built there.
 
     python tests/families.py build            build both caches (prints where)
-    python tests/families.py pack DIR         copy the built tokenizers into DIR (for the device)
+    python tests/families.py pack DIR         write DIR/tokenizers.tar.xz (for the device)
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ PHI_RSTRIP = ("<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeh
               "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>", "</s>")
 
 FAMILIES = {f.name: f for f in [
-    Family("llama-3.1", "Llama 3.1 / 3.2", "LlamaForCausalLM", "llama-bpe", "meta-llama-Llama-3.1-8B-Instruct",
+    Family("llama-3.1", "Llama 3.1 / 3.3", "LlamaForCausalLM", "llama-bpe", "meta-llama-Llama-3.1-8B-Instruct",
            "PreTrainedTokenizerFast", "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>",
            ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), None, None, 128256, 128256,
            config=dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=True,
                        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
            renames={128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"},
-           ollama="llama-3.1", note="Llama 3 vocabulary (llama-bpe), Llama 3.1 Instruct template and token names"),
+           add_bos=True, ollama="llama-3.1", note="Llama 3 vocabulary (llama-bpe), Llama 3.1 Instruct template and token names"),
     Family("qwen2.5", "Qwen 2.5", "Qwen2ForCausalLM", "qwen2", "Qwen-Qwen2.5-7B-Instruct", "Qwen2Tokenizer",
            None, "<|im_end|>", "<|im_end|>", ("<|im_end|>", "<|endoftext|>"), "<|endoftext|>", None, 151665, 151936,
            config=dict(rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=32768,
@@ -169,12 +170,20 @@ def _build_once(target: Path, marker: str, build) -> Path:
 
 
 def tokenizers_dir() -> Path:
-    """The built tokenizers (one folder per family): $SLOTHCTL_FAMILY_TOKENIZERS when set, else built
-    once from the llama-cpp-python sdist."""
-    given = os.environ.get(TOKENIZERS_ENV)
-    if given:
-        return Path(given)
-    return _build_once(cache_root() / f"tokenizers-v{VERSION}", "families.json", _build_tokenizers)
+    """The built tokenizers (one folder per family): built once from the llama-cpp-python sdist, or
+    unpacked once from $SLOTHCTL_FAMILY_TOKENIZERS (the archive `pack` writes) where that is set."""
+    packed = os.environ.get(TOKENIZERS_ENV)
+    build = _build_tokenizers if not packed else lambda tmp: _unpack(Path(packed), tmp)
+    return _build_once(cache_root() / f"tokenizers-v{VERSION}", "families.json", build)
+
+
+def _unpack(archive: Path, out: Path) -> None:
+    with tarfile.open(archive, "r:xz") as packed:
+        packed.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    info = json.loads((out / "families.json").read_text())
+    if info.get("version") != VERSION:
+        raise RuntimeError(f"{archive} holds version {info.get('version')} tokenizers, this is version {VERSION}")
+    (out / "families.json").unlink()  # written again, last, by _build_once
 
 
 def model_dir(name: str) -> Path:
@@ -489,11 +498,13 @@ def main(argv: list[str]) -> None:
             print(model_dir(name))
     elif argv[:1] == ["pack"] and len(argv) == 2:
         target = Path(argv[1])
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(tokenizers_dir(), target)
-        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-        print(f"{target}: {size / 2**20:.1f} MiB")
+        target.mkdir(parents=True, exist_ok=True)
+        archive = target / "tokenizers.tar.xz"
+        with tarfile.open(archive.with_suffix(".tmp"), "w:xz") as packed:
+            for item in sorted(tokenizers_dir().rglob("*")):
+                packed.add(item, arcname=str(item.relative_to(tokenizers_dir())), recursive=False)
+        os.replace(archive.with_suffix(".tmp"), archive)
+        print(f"{archive}: {archive.stat().st_size / 2**20:.1f} MiB")
     else:
         sys.exit(__doc__)
 

@@ -2,10 +2,11 @@
 
 A conversation is rendered with the chat template and cut into segments: the text before each
 assistant reply (not trained) and the reply itself up to and including its end-of-turn token
-(trained). The cuts come from the template itself: the prompt for reply i is the rendering of the
-messages before it with the generation prompt, the reply ends where the rendering of the messages
-up to it ends. Each segment is tokenized on its own, exactly as `chat` tokenizes a prompt and the
-model then generates the reply, so no per-model string matching is involved.
+(trained). The cuts come from the template itself: reply i starts where the rendering of the
+messages before it with the generation prompt ends (what `chat` feeds the model), its text is found
+by rendering once more with a marker in its place, and it ends with the end-of-turn token written
+after that text; no per-model string matching is involved. The whole row is then tokenized in one
+piece, as transformers' `apply_chat_template` does, and a token is trained when it starts in a reply.
 
 Rendering every prefix of every row is slow (the Jinja sandbox costs ~50 µs a call), so for
 templates that only copy contents into their output (chat_template.content_use) the cuts are
