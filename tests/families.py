@@ -129,7 +129,7 @@ FAMILIES = {f.name: f for f in [
            note="the Llama 2 / Mistral 7B v0.1 SentencePiece vocabulary (llama-spm; [INST] is text) with the "
                 "[INST] template of Mistral Nemo Instruct (the one vendored)"),
 ]}
-FAST = ("gemma-2", "phi-3.5")  # the families the default test run takes through train → chat → merge → GGUF
+FAST = ("phi-3.5",)  # the family the default test run takes through train → chat → merge → GGUF
 
 
 # ---- caches --------------------------------------------------------------------------------------------------
