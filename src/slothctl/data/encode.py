@@ -162,8 +162,9 @@ class Segmenter:
             begin, finish = self._locate(messages, i, full)
             if begin < done:
                 raise TemplateFailure("the chat template moves the assistant text, so its reply cannot be located")
-            prompt = self._draw(messages[:i], generation_prompt=True) if i else ""
-            start = len(prompt) if done <= len(prompt) <= begin and full.startswith(prompt) else begin
+            prompt = self._draw(messages[:i], generation_prompt=True) if i else None  # a leading reply: its text
+            start = len(prompt) if prompt is not None and done <= len(prompt) <= begin and full.startswith(prompt) \
+                else begin
             rest = full[finish:]
             gap = len(rest) - len(rest.lstrip())
             closed = rest[gap:].startswith(self.end)
