@@ -12,6 +12,8 @@
 #        families3 (with `wheels` first if the machine went cold): the six model families with the unsloth backend,
 #        two per call, results in $OUT/gpu_families*.json. `python tests/families.py pack .gpuchunks/families`
 #        writes the tokenizers (9.8 MiB); the tiny models are built on the device from them.
+#   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
+#                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -52,6 +54,10 @@ families1|families2|families3)
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;
+memory)  python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-16bit.json" --weights 16bit 2>&1 \
+             | tee -a "$OUT/memory.log" | tail -25 ;;
+memory4) python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-4bit.json" --weights 4bit 2>&1 \
+             | tee -a "$OUT/memory.log" | tail -25 ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac
 done

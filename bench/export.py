@@ -50,7 +50,7 @@ def main() -> None:
     results: dict = {}
     if args.project is None:
         from slothctl.project import init_project
-        from slothctl.training import train
+        from slothctl.training.run import train
 
         project = work / "proj"
         init_project(project, preset="chat", model=None, dataset=None, example=True, force=False, target=None,

@@ -9,7 +9,8 @@ import random
 from conftest import run_cli
 
 from slothctl import config
-from slothctl.backends.common import LengthGroupedBatches, batching_strategy, packed_rows, padding_fraction
+from slothctl.training.arguments import batching_strategy
+from slothctl.training.batching import LengthGroupedBatches, packed_rows, padding_fraction
 
 
 def cfg_with(**train) -> config.Config:
@@ -17,9 +18,9 @@ def cfg_with(**train) -> config.Config:
 
 
 def test_auto_is_padded_on_cpu_and_explicit_choices_win():
-    assert batching_strategy(cfg_with(), [10, 200, 30]) == "padded"
-    assert batching_strategy(cfg_with(batching="padding_free"), [10, 200]) == "padding_free"
-    assert batching_strategy(cfg_with(packing=True, batching="padded"), [10]) == "packed"
+    assert batching_strategy(cfg_with().train, [10, 200, 30]) == "padded"
+    assert batching_strategy(cfg_with(batching="padding_free").train, [10, 200]) == "padding_free"
+    assert batching_strategy(cfg_with(packing=True, batching="padded").train, [10]) == "packed"
 
 
 def test_padding_fraction_of_grouped_batches():

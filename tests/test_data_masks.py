@@ -184,14 +184,15 @@ def test_hf_tokenizer_gets_the_reported_pad_and_template_eos(tmp_path, embedded_
     """backends/hf.py `load` sets the pad `data inspect` reports; the saved tokenizer ends replies like the data."""
     from transformers import AutoTokenizer
 
-    from slothctl.backends import hf
+    from slothctl.backends import LoadOptions
+    from slothctl.backends.hf import HFBackend
     from slothctl.data.templates import apply_template, configure_hf_tokenizer
 
     model_dir = tokenizer_copy(embedded_model, tmp_path / "m", config={"pad_token": "<|im_end|>"})
     for name in ("config.json", "generation_config.json", "model.safetensors"):
         (model_dir / name).symlink_to(embedded_model / name)
     cfg = config_for(tmp_path / "d.jsonl", model_dir)
-    model, tokenizer = hf.load(cfg, str(model_dir))
+    model, tokenizer = HFBackend().load(cfg.model, str(model_dir), LoadOptions.of(cfg))
     report_tok = load_text_tokenizer(str(model_dir))
     assert report_tok.pad_token == "<|im_end|>" == report_tok.eos_token  # the files say pad = eos
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == 0 != tokenizer.eos_token_id
@@ -207,7 +208,7 @@ def test_hf_tokenizer_gets_the_reported_pad_and_template_eos(tmp_path, embedded_
     tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     before = len(tokenizer)
-    assert configure_hf_tokenizer(cfg, tokenizer, tiny) == NEW_PAD_TOKEN
+    assert configure_hf_tokenizer(cfg.data.chat_template, tokenizer, tiny) == NEW_PAD_TOKEN
     assert tokenizer.pad_token_id == before and tiny.get_input_embeddings().num_embeddings >= before + 1
     assert tiny(torch.tensor([[tokenizer.pad_token_id, 5]])).logits.shape[-1] >= before + 1
 

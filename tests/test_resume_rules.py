@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from slothctl import config
-from slothctl.checkpoints import changed_keys, config_hash
-from slothctl.runplan import resume_command
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, clean_incomplete, read_metrics, rotate_checkpoints
+from slothctl.training.checkpoints import changed_keys, config_hash
+from slothctl.training.plan import resume_command
 
 
 def test_a_resume_line_voids_later_steps_of_the_killed_run(tmp_path):

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from slothctl import backends, models
-from slothctl.config import Config
+from slothctl import backends, libraries, models
+from slothctl.backends import LoadOptions
+from slothctl.config import Config, ModelConfig
 from slothctl.data.templates import choose_for_hf_tokenizer
 from slothctl.data.chat_template import after_reply, fold_system, lacks_system_role, render
 from slothctl.errors import UsageError
@@ -117,11 +118,11 @@ def resolve_target(cfg: Config, *, adapter: Path | None = None, model: str | Non
     return Target("adapter", str(path), base or cfg.model.name, run_config if run_config.is_file() else None)
 
 
-def _for_model(cfg: Config, name: str) -> Config:
-    """The config with [model] name swapped; the hub revision only applies to the configured model."""
+def _for_model(cfg: Config, name: str) -> ModelConfig:
+    """[model] with its name swapped; the hub revision only applies to the configured model."""
     if name == cfg.model.name:
-        return cfg
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, revision=""))
+        return cfg.model
+    return dataclasses.replace(cfg.model, name=name, revision="")
 
 
 # ---- conversations ----------------------------------------------------------------------------------------------
@@ -362,19 +363,6 @@ class LlamaEngine:
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 
-def _quiet_transformers() -> None:
-    """Library notices (bitsandbytes' CPU kernels, generation hints) would mix with the answers."""
-    import logging
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _adapter_template(target: Target, tokenizer, cfg: Config) -> str:
     """The template saved with a final adapter, else the one its run's config chose (checkpoints)."""
     if adapter_info(Path(target.path)) and tokenizer.chat_template:
@@ -389,11 +377,12 @@ def _adapter_template(target: Target, tokenizer, cfg: Config) -> str:
 
 def _load_hf(cfg: Config, target: Target, compare: bool, emit: Emit) -> list[tuple[str, str, Engine]]:
     backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first on that backend
-    _quiet_transformers()
+    libraries.quiet()  # library notices (bitsandbytes' CPU kernels, generation hints) would mix with the answers
+    options = LoadOptions.of(cfg)
     if target.kind == "adapter":
         base_cfg = _for_model(cfg, target.base)
         resolved = models.resolve(target.base, cfg.project_dir, emit)
-        model, tokenizer = backend.load_adapter(base_cfg, resolved.path, target.path, emit)
+        model, tokenizer = backend.load_adapter(base_cfg, resolved.path, target.path, options, emit)
         model = backend.for_inference(model)
         template = _adapter_template(target, tokenizer, cfg)
         tuned = ("tuned", target.label, HFEngine(model, tokenizer, template))
@@ -401,14 +390,14 @@ def _load_hf(cfg: Config, target: Target, compare: bool, emit: Emit) -> list[tup
             return [tuned]
         return [("base", target.base, HFEngine(model, tokenizer, template, use_adapter=False)), tuned]
     resolved = models.resolve(target.path, cfg.project_dir, emit)
-    model, tokenizer = backend.load(_for_model(cfg, target.path), resolved.path, emit)
+    model, tokenizer = backend.load(_for_model(cfg, target.path), resolved.path, options, emit)
     model = backend.for_inference(model)
     template = choose_for_hf_tokenizer("auto", tokenizer).source
     engine = HFEngine(model, tokenizer, template)
     if not compare:
         return [("model", target.path, engine)]
     base_resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
-    base_model, base_tokenizer = backend.load(cfg, base_resolved.path, emit)
+    base_model, base_tokenizer = backend.load(cfg.model, base_resolved.path, options, emit)
     base = HFEngine(backend.for_inference(base_model), base_tokenizer, template)  # same prompt layout
     return [("base", cfg.model.name, base), ("tuned", target.path, engine)]
 

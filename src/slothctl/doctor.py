@@ -5,21 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__
-
-LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
-             "unsloth_zoo", "llama-cpp-python", "gguf", "huggingface_hub")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+from slothctl import __version__, libraries
 
 
 def _cuda() -> dict[str, Any]:
@@ -79,7 +68,7 @@ def report(config: Path | None = None, sets: list[str] | None = None) -> dict[st
         "slothctl": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: libraries.version(name) for name in libraries.TRAINING + libraries.EXPORT},
         "cuda": cuda,
         "unsloth": {"installed": unsloth_installed(), "usable": unsloth_installed() and cuda["available"]},
         "auto_backend": select("auto"),

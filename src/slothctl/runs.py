@@ -2,14 +2,14 @@
 
     runs/<name>/
       config.toml      the resolved config, exactly as trained
-      checkpoint-N/    complete checkpoints only (each ends with slothctl_checkpoint.json)
+      checkpoint-N/    checkpoints; one counts once slothctl_checkpoint.json, written last, is in it
       adapter/         final LoRA adapter + tokenizer + chat template
       merged/, gguf/   written by merge and export
       metrics.jsonl    one line per logged step and eval, append-only
       summary.json     final numbers, timings, library versions
       tensorboard/     event files when [train] report_to = "tensorboard"
 
-Everything is written to a temporary name first and renamed, so a reader never sees half a file.
+Everything else is written to a temporary name first and renamed, so a reader never sees half a file.
 metrics.jsonl is never rewritten: a resumed run appends a `{"event": "resume", "step": k}` line,
 which voids the earlier lines with a step above k (steps a killed run logged after its last
 checkpoint); `read_metrics` applies that rule.
@@ -18,6 +18,7 @@ checkpoint); `read_metrics` applies that rule.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -28,8 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from slothctl.errors import UsageError
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_INFO = "slothctl_checkpoint.json"  # written last: a checkpoint without it is incomplete
+ADAPTER_INFO = "slothctl_adapter.json"  # next to an adapter: base model, chat template, backend
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,20 @@ class RunPaths:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    return (path / CHECKPOINT_INFO).is_file()
+    """A checkpoint folder counts once its marker (written last, atomically) is there and readable."""
+    try:
+        return isinstance(json.loads((path / CHECKPOINT_INFO).read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted."""
+    """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted.
+    The marker goes first, so a deletion cut short never leaves a partial folder that counts."""
     old = [path for _, path in paths.checkpoints()[:-keep or None]] if keep > 0 else []
     for path in old:
+        (path / CHECKPOINT_INFO).unlink(missing_ok=True)
+        fsync_dir(path)
         shutil.rmtree(path, ignore_errors=True)
     return old
 
@@ -235,17 +246,49 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second slothctl on the same folder exits 2."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"run folder {root} is in use by another slothctl process",
+                             "wait for it to finish, or stop it (Ctrl-C saves a checkpoint)") from None
+        yield
+    finally:
+        handle.close()
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or the closest folder above it that exists (where a new run folder would be created)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+FREE_BYTES_ENV = "SLOTHCTL_FREE_BYTES"  # pretend only this many bytes are free (tests the disk checks)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds (or will hold) `path`: what every disk check compares with."""
+    if os.environ.get(FREE_BYTES_ENV):
+        return int(os.environ[FREE_BYTES_ENV])
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
 def adapter_info(adapter: Path) -> dict:
     """What training recorded next to an adapter (base model, chat template, backend)."""
-    info = adapter / "slothctl_adapter.json"
+    info = adapter / ADAPTER_INFO
     return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
 
 
 def resolve_adapter(run_root: Path, adapter: Path | None = None, checkpoint: int | None = None) -> Path:
     """The adapter a command should use: `--adapter PATH`, else `--checkpoint N` of the run, else the
     run's final adapter. Raises a UsageError that says what to do when it is missing."""
-    from slothctl.errors import UsageError
-
     paths = RunPaths(run_root)
     if adapter is not None:
         path = Path(adapter).expanduser()

@@ -20,17 +20,18 @@ def main(backend: str, base: str, adapter: str, device: str, out: str) -> None:
     from slothctl import backends
     from slothctl import config as config_mod
 
-    module = backends.get(backend)  # imports unsloth first for the unsloth backend
+    engine = backends.get(backend)  # imports unsloth first for the unsloth backend
     import torch
 
     cfg = config_mod.build({"model": {"name": base, "backend": backend, "max_seq_length": 512},
                             "data": {"source": "unused"}}, "probe")
     if backend == "hf":
         cfg.model.dtype = "float32"
+    options = backends.LoadOptions.of(cfg)
     if adapter == "none":  # the base model alone: the precision baseline
-        model, tokenizer = module.load(cfg, base)
+        model, tokenizer = engine.load(cfg.model, base, options)
     else:
-        model, tokenizer = module.load_adapter(cfg, base, adapter)
+        model, tokenizer = engine.load_adapter(cfg.model, base, adapter, options)
     model = model.to(device).eval()
     rows = []
     for prompt in PROMPTS:

@@ -1,32 +1,103 @@
 """The backend seam: the only place where CPU (transformers + PEFT) and GPU (Unsloth) training differ.
 
-A backend is a module with the same few functions:
+A backend is a class with the methods of `Backend`; `get(name)` returns one (`HFBackend` in hf.py,
+`UnslothBackend` in unsloth.py). Everything else (data, trainer arguments, the trainer class,
+checkpoints, events, artifacts: slothctl/training) is shared, so both backends write the same run
+folder and an adapter trained on one loads on the other. Both give LoRA the same arguments,
+`lora_arguments` below: PEFT's LoraConfig on hf, Unsloth's get_peft_model on unsloth.
 
-    load(cfg, model_path, emit) -> (model, tokenizer)       base model + HF tokenizer, ready for LoRA
-    add_lora(model, cfg) -> model                          PEFT LoRA on cfg.lora.target_modules
-    sft_overrides(cfg) -> dict                             this backend's changes to the shared TRL arguments
-    trainer_class() -> type                                an SFTTrainer subclass for this device
-    load_adapter(cfg, model_path, adapter, emit) -> (model, tokenizer)   for chat and merge
-    for_inference(model) -> model                         ready a loaded model for generation (chat)
-    merge(cfg, model_path, adapter, out_dir, precision, emit) -> dtype name   weights + config.json of
-                                                           the merged model (16bit/32bit; 4bit on unsloth);
-                                                           export.merge adds tokenizer, generation config
-
-Everything else (data, TRL arguments, checkpoints, events, artifacts) is shared, so both
-backends write the same run folder. `select` decides before any heavy import, because Unsloth
-must be imported before transformers, trl and peft in the process that trains with it.
+`select` decides before any heavy import, because Unsloth must be imported before transformers,
+trl and peft in the process that trains with it (it patches their classes): `get("unsloth")`
+imports backends/unsloth.py, whose first import is unsloth.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
-from types import ModuleType
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slothctl.errors import UsageError
+from slothctl.events import Emit, ignore
+
+if TYPE_CHECKING:
+    from slothctl.config import Config, LoraConfig, ModelConfig
 
 BACKENDS = ("unsloth", "hf")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What loading a model reads besides [model]: the pad token depends on the chat template
+    ([data] chat_template), and Unsloth sets up gradient checkpointing and its seed at load time."""
+
+    chat_template: str
+    gradient_checkpointing: bool
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> LoadOptions:
+        return cls(cfg.data.chat_template, cfg.train.gradient_checkpointing, cfg.train.seed)
+
+
+class Backend(Protocol):
+    """Loads models, adds LoRA, merges: what differs between transformers + PEFT and Unsloth."""
+
+    name: str
+
+    def load(self, model: ModelConfig, path: str, options: LoadOptions, emit: Emit = ignore) -> tuple[Any, Any]:
+        """Base model and tokenizer, ready for LoRA; the tokenizer gets the pad token `data inspect` reports."""
+        ...
+
+    def add_lora(self, model: Any, lora: LoraConfig, *, seed: int, gradient_checkpointing: bool,
+                 max_seq_length: int) -> Any:
+        """The model with trainable LoRA layers made from `lora_arguments(lora)`."""
+        ...
+
+    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
+        """This backend's changes to the shared trainer arguments (training/arguments.py)."""
+        ...
+
+    def load_adapter(self, model: ModelConfig, path: str, adapter: str, options: LoadOptions,
+                     emit: Emit = ignore) -> tuple[Any, Any]:
+        """Base model + a trained adapter (from either backend) and the adapter's tokenizer, for chat and merge."""
+        ...
+
+    def for_inference(self, model: Any) -> Any:
+        """Ready a loaded model for generation."""
+        ...
+
+    def merge(self, model: ModelConfig, path: str, adapter: str, out_dir: Any, *, precision: str, dtype: str,
+              options: LoadOptions, emit: Emit = ignore) -> str:
+        """Weights and config.json of the merged model in `out_dir`; returns the stored dtype's name.
+        `dtype` is [export] dtype; export/merge.py adds the tokenizer and generation config."""
+        ...
+
+
+def lora_arguments(lora: LoraConfig, model: Any = None) -> dict[str, Any]:
+    """[lora] as the keyword arguments that both PEFT's `LoraConfig` and Unsloth's
+    `FastLanguageModel.get_peft_model` take; with `model`, target_modules as it names its layers."""
+    targets = list(lora.target_modules)
+    return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": lora.bias,
+            "target_modules": lora_targets(model, targets) if model is not None else targets,
+            "use_rslora": lora.use_rslora}
+
+
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def lora_targets(model: Any, names: list[str]) -> list[str]:
+    """[lora] target_modules as this architecture names its layers: Phi 3 fuses q/k/v into `qkv_proj`
+    and gate/up into `gate_up_proj`, so the usual seven names would adapt only o_proj and down_proj
+    (PEFT is silent when some names match). A fused layer replaces the separate names it holds."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = list(names)
+    for fused, parts in FUSED_PROJECTIONS.items():
+        missing = [p for p in parts if p in targets and p not in present]
+        if fused in present and missing and fused not in targets:
+            targets = [t for t in targets if t not in missing] + [fused]
+    return targets
 
 
 def cuda_available() -> bool:
@@ -61,6 +132,15 @@ def select(choice: str) -> str:
     raise UsageError(f"unknown backend `{choice}`", f"choose one of: auto, {', '.join(BACKENDS)}")
 
 
-def get(name: str) -> ModuleType:
-    """The backend module; importing `unsloth` first is that module's job."""
-    return importlib.import_module(f"slothctl.backends.{name}")
+def get(name: str) -> Backend:
+    """The backend called `name` (as `select` returns it). For unsloth this imports unsloth, so call
+    it before anything imports transformers, trl or peft."""
+    if name == "unsloth":
+        from slothctl.backends.unsloth import UnslothBackend
+
+        return UnslothBackend()
+    if name == "hf":
+        from slothctl.backends.hf import HFBackend
+
+        return HFBackend()
+    raise UsageError(f"unknown backend `{name}`", f"choose one of: auto, {', '.join(BACKENDS)}")

@@ -179,12 +179,12 @@ def choose_for_hf_tokenizer(choice: str, tokenizer) -> ChatTemplate:
                                 _hf_specials(tokenizer))
 
 
-def configure_hf_tokenizer(cfg, tokenizer, model=None) -> str:
-    """Give the training tokenizer a pad token distinct from eos (and from the end-of-turn token),
-    exactly the one `data inspect` reports; add it (and grow the embeddings if needed) only when the
-    vocabulary has no unused token. Returns the pad token."""
+def configure_hf_tokenizer(chat_template: str, tokenizer, model=None) -> str:
+    """Give the training tokenizer a pad token distinct from eos (and from the end-of-turn token of
+    [data] `chat_template`), exactly the one `data inspect` reports; add it (and grow the embeddings
+    if needed) only when the vocabulary has no unused token. Returns the pad token."""
     specials = _hf_specials(tokenizer)
-    template = template_or_none(cfg.data.chat_template, tokenizer.chat_template, tokenizer.eos_token,
+    template = template_or_none(chat_template, tokenizer.chat_template, tokenizer.eos_token,
                                 _hf_has_token(tokenizer), specials)
     pad = pad_for(template, tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token,
                   specials)

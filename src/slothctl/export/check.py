@@ -309,13 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     gguf.add_argument("--folder", type=Path, required=True)
     gguf.add_argument("--merged", type=Path, required=True)
     args = parser.parse_args(argv)
-    import os
+    from slothctl import libraries
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    libraries.quiet()
     if args.kind == "merged":
         result = check_merged(args.out, args.adapter, args.base, args.precision)
     else:

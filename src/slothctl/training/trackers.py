@@ -13,7 +13,6 @@ import os
 import uuid
 from pathlib import Path
 
-from slothctl.config import Config
 from slothctl.errors import UsageError
 from slothctl.events import Emit, status
 from slothctl.runs import RunPaths, write_text_atomic
@@ -22,9 +21,8 @@ PACKAGES = {"tensorboard": ("tensorboard", "pip install 'slothctl[tensorboard]'"
             "wandb": ("wandb", "pip install 'slothctl[wandb]'")}
 
 
-def check_available(cfg: Config) -> None:
-    """Exit 2 before anything heavy when the chosen tracker is not installed."""
-    choice = cfg.train.report_to
+def check_available(choice: str) -> None:
+    """Exit 2 before anything heavy when the chosen tracker ([train] report_to) is not installed."""
     if choice not in PACKAGES:
         return
     package, install = PACKAGES[choice]
@@ -43,7 +41,7 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def prepare_wandb(cfg: Config, paths: RunPaths, emit: Emit) -> None:
+def prepare_wandb(paths: RunPaths, emit: Emit) -> None:
     """Environment for transformers' WandbCallback: one run id per run folder, offline unless logged in."""
     id_file = paths.root / "wandb-run-id"
     if not id_file.is_file():
@@ -59,23 +57,22 @@ def prepare_wandb(cfg: Config, paths: RunPaths, emit: Emit) -> None:
         status(emit, f"wandb: offline mode, logging to {paths.root / 'wandb'}")
 
 
-def callbacks(cfg: Config, paths: RunPaths, resume_step: int | None) -> list:
-    """Trainer callbacks for the tracker (TensorBoard: ours, writing to runs/<name>/tensorboard)."""
-    if cfg.train.report_to != "tensorboard":
+def callbacks(choice: str, paths: RunPaths, resume_step: int | None) -> list:
+    """Trainer callbacks for the tracker (TensorBoard: ours, writing to runs/<name>/tensorboard; wandb:
+    transformers' own, through the trainer's report_to)."""
+    if choice != "tensorboard":
         return []
     from transformers.integrations import TensorBoardCallback
 
     class RunTensorBoard(TensorBoardCallback):
-        def _init_summary_writer(self, args):
-            purge = resume_step + 1 if resume_step else None  # hide steps a killed run logged past its checkpoint
-            self.tb_writer = self._SummaryWriter(log_dir=str(paths.tensorboard), purge_step=purge)
+        """transformers' callback with our writer (its `tb_writer` argument), opened when training starts."""
 
-    callback = RunTensorBoard()
-    callback.logging_dir = str(paths.tensorboard)
-    return [callback]
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.tb_writer is None:
+                from torch.utils.tensorboard import SummaryWriter
 
+                purge = resume_step + 1 if resume_step else None  # hide steps a killed run logged past its checkpoint
+                self.tb_writer = SummaryWriter(log_dir=str(paths.tensorboard), purge_step=purge)
+            super().on_train_begin(args, state, control, **kwargs)
 
-
-def trainer_report_to(cfg: Config) -> list[str]:
-    """What transformers itself reports to: wandb through its own callback; TensorBoard is ours."""
-    return ["wandb"] if cfg.train.report_to == "wandb" else []
+    return [RunTensorBoard()]

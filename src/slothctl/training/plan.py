@@ -1,5 +1,5 @@
-"""Before training: which folder a run goes to, whether it starts, resumes or is already done, and
-whether the disk can hold it. Everything here runs before the model loads, so a refusal is quick.
+"""Before training: which folder a run goes to, and whether it starts, resumes or is already done.
+Everything here runs before the model loads, so a refusal is quick.
 
 The rules (README, "Resuming"):
 - A run folder with complete checkpoints continues from the newest one (or `--from`) when the
@@ -13,24 +13,20 @@ The rules (README, "Resuming"):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shlex
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from slothctl import checkpoints, config as config_mod
+from slothctl import config as config_mod
 from slothctl.config import Config
 from slothctl.errors import UsageError
-from slothctl.events import Emit, warning
+from slothctl.events import Emit, status, warning
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, clean_incomplete, is_complete_checkpoint
+from slothctl.training import checkpoints
 
 
 @dataclass
@@ -165,67 +161,6 @@ def finished_summary(cfg: Config, paths: RunPaths, total_steps: int, data_hash: 
     return summary if same and ended else None
 
 
-def nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable(root: Path) -> None:
-    """Exit 2 when the run folder cannot be created or written (tried for real: a file created and removed)."""
-    base = nearest_existing(root)
-    if not base.is_dir():
-        raise UsageError(f"cannot create the run folder {root}: {base} is a file, not a folder",
-                         "set [output] dir to a folder you can write to")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".slothctl-write-test-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"cannot write to {base} (needed for the run folder {root}): {exc.strerror}",
-                         "set [output] dir to a folder you can write to") from None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def check_disk_space(cfg: Config, root: Path, model_path: str, optim: str) -> dict | None:
-    """Exit 2 when the disk cannot hold one more checkpoint and the final adapter (estimated from the
-    LoRA parameter count and the optimizer's state size). Returns the estimate."""
-    estimate = checkpoints.estimate_checkpoint_bytes(cfg, model_path, optim)
-    if estimate is None:
-        return None
-    free = shutil.disk_usage(nearest_existing(root)).free
-    if free < estimate["needed"]:
-        raise UsageError(
-            f"not enough disk space for {root}: {_size(free)} free, a checkpoint and the final adapter need about "
-            f"{_size(estimate['needed'])} (adapter {_size(estimate['adapter'])}, optimizer state "
-            f"{_size(estimate['optimizer'])})", "free some space or set [output] dir to a larger disk")
-    return estimate
-
-
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Hold the run folder for this process: a second slothctl on the same folder exits 2."""
-    root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UsageError(f"run folder {root} is in use by another slothctl process",
-                             "wait for it to finish, or stop it (Ctrl-C saves a checkpoint)") from None
-        yield
-    finally:
-        handle.close()
-
-
 def resume_command(cfg: Config) -> str:
     """The command that continues this run: `slothctl resume` plus whatever differs from the TOML file."""
     parts = ["slothctl", "resume"]
@@ -247,3 +182,32 @@ def resume_command(cfg: Config) -> str:
                     shown = value if isinstance(value, str) else config_mod.toml_value(value)
                     parts += ["--set", f"{section}.{key}={shown}"]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def check_resume_point(plan: RunPlan, run: dict, total: int, force: bool, emit: Emit) -> None:
+    """The data and the length must allow continuing from the chosen checkpoint."""
+    info, name = plan.info, plan.checkpoint.name
+    if info["data"]["hash"] != run["data"]["hash"]:
+        if not force:
+            raise UsageError(f"the training data changed since {name} was written ({info['data']['rows']} → "
+                             f"{run['data']['rows']} rows, other tokens): the run cannot continue exactly",
+                             "restore the data, pass --fresh to start over, or --force-resume to go on with the new data")
+        warning(emit, f"--force-resume: the training data changed since {name}; its order cannot be continued exactly")
+    step = info["step"]
+    if step > total:
+        raise UsageError(f"{name} is at step {step}, past max_steps = {total}",
+                         f"set --max-steps above {step}, resume --from an earlier checkpoint, or start over with --fresh")
+    if info.get("max_steps") not in (None, total):
+        status(emit, f"max_steps {info['max_steps']} → {total}: training on from step {step}, with the "
+                     f"learning-rate schedule recomputed for {total} steps")
+
+
+def run_optimizer(plan: RunPlan, choice: str, resolved: str) -> str:
+    """A run keeps the optimizer it started with: `optim = "auto"` resolves per device (8-bit AdamW on
+    CUDA, AdamW on CPU), and a checkpoint's optimizer state only loads into the same kind, so a CPU
+    run continued on a GPU keeps AdamW."""
+    if plan.checkpoint is not None and choice == "auto":
+        info = plan.checkpoint / CHECKPOINT_INFO
+        if info.is_file():
+            resolved = json.loads(info.read_text(encoding="utf-8")).get("optim", resolved)
+    return resolved

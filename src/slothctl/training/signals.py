@@ -1,9 +1,9 @@
 """Ctrl-C and SIGTERM during training: the first asks for a clean stop, the second stops at once.
 
 While the training loop runs (`armed`), the first SIGINT or SIGTERM only records itself; the
-trainer finishes the step it is in, saves a checkpoint and stops (see training.StopOnSignal). A
-second signal raises KeyboardInterrupt wherever the program is, so a checkpoint being written is
-abandoned (its temporary folder is removed) and the previous checkpoint stays as it was. Before
+trainer finishes the step it is in, saves a checkpoint and stops (callbacks.RunControl). A second
+signal raises KeyboardInterrupt wherever the program is, so a checkpoint being written is abandoned
+(never counted complete, see checkpoints.py) and the previous checkpoint stays as it was. Before
 and after the loop there is nothing to save, so any signal stops at once.
 """
 

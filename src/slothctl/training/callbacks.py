@@ -1,0 +1,106 @@
+"""What slothctl adds to the trainer's loop, as TrainerCallbacks: progress events and metrics.jsonl
+lines (`progress`), and run control (`run_control`): a clean stop after a signal, a checkpoint where
+early stopping ends the run, intervals from the current config. Trackers are in trackers.py,
+checkpoint completion (and its `checkpoint` event) in checkpoints.py.
+
+transformers is imported inside the factories: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from slothctl.events import Emit, Event
+from slothctl.runs import RunPaths, append_jsonl
+from slothctl.training.signals import GracefulStop
+
+
+def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
+    """A TrainerCallback that turns the trainer's logs into events and metrics.jsonl lines.
+    `tokens_seen` reads the trainer's token count (tokens/s)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.started = time.time()
+            self.losses: list[tuple[int, float]] = []
+            self.eval_loss: float | None = None
+            self.last = (time.time(), 0, 0)  # (time, tokens, step) at the previous log
+            self.start_step = 0  # not 0 when resuming
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.time()
+            self.start_step = state.global_step
+            self.last = (self.started, tokens_seen(), state.global_step)
+            emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step}))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            now, step = time.time(), state.global_step
+            tokens = tokens_seen()
+            record: dict[str, Any] = {"step": step, "epoch": round(state.epoch or 0.0, 4)}
+            if "eval_loss" in logs:
+                self.eval_loss = float(logs["eval_loss"])
+                record.update(event="eval", eval_loss=self.eval_loss, total_steps=state.max_steps)
+            elif "loss" in logs:
+                last_time, last_tokens, last_step = self.last
+                elapsed = now - self.started
+                per_step = elapsed / max(1, step - self.start_step)
+                record.update(event="step", loss=float(logs["loss"]), lr=float(logs.get("learning_rate", 0.0)),
+                              grad_norm=float(logs["grad_norm"]) if "grad_norm" in logs else None,
+                              tokens_per_s=round((tokens - last_tokens) / max(now - last_time, 1e-9), 1),
+                              tokens=tokens,
+                              total_steps=state.max_steps, elapsed=round(elapsed, 2),
+                              eta=round(per_step * (state.max_steps - step), 1))
+                self.losses.append((step, float(logs["loss"])))
+                self.last = (now, tokens, step)
+            else:
+                return
+            append_jsonl(paths.metrics, record)
+            emit(Event(record.pop("event"), record))
+
+    return Progress()
+
+
+def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool):
+    """A TrainerCallback for what slothctl adds to the loop: stop cleanly after a signal, checkpoint
+    where early stopping ends the run (transformers already saves the last step, so a finished run
+    can be trained longer), and take the save/eval/logging intervals from the current config rather
+    than from the checkpoint's trainer state."""
+    from transformers import TrainerCallback
+
+    class RunControl(TrainerCallback):
+        noticed = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.compute_steps(args, state.max_steps)
+            stop.armed = True
+
+        def _notice(self, state) -> None:
+            if stop.requested and not self.noticed:
+                self.noticed = True
+                emit(Event("stopping", {"signal": stop.requested, "step": state.global_step + 1},
+                           f"{stop.requested}: finishing step {state.global_step + 1}, then saving a checkpoint "
+                           "(press Ctrl-C again to stop at once)"))
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            self._notice(state)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self._notice(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested:
+                self._notice(state)
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if save_on_early_stop and control.should_training_stop:  # keep where early stopping ended
+                control.should_save = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            stop.armed = False
+
+    return RunControl()

@@ -1,0 +1,296 @@
+"""`slothctl train`: config sections → setup steps → trainer → run folder, reported through events.
+
+`train` decides first where the run goes and whether it resumes (plan.py), then refuses what cannot
+work before anything heavy loads (checks.py), then sets the run up one config section at a time,
+in the shape of torchtune's recipe `setup()`:
+
+    setup_data(cfg ...)             the tokenized rows ([data]; the data cache, else formatted now)
+    setup_model(cfg.model ...)      base model + tokenizer, through the backend
+    setup_lora(cfg.lora ...)        LoRA layers, through the backend
+    setup_trainer(cfg.train ...)    TRL's SFTTrainer with our callbacks and checkpoints
+
+then trains (`fit`) and saves the adapter and summary.json (`finish`). The backend (backends/) is
+the only part that differs between CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slothctl import __version__, backends, config as config_mod, libraries, models
+from slothctl.backends import Backend, LoadOptions
+from slothctl.config import Config, LoraConfig, ModelConfig, TrainConfig
+from slothctl.data import Prepared, formatted
+from slothctl.data.tokenizer import load_text_tokenizer
+from slothctl.errors import Interrupted
+from slothctl.events import Emit, Event, ignore, status
+from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
+    read_metrics, write_json_atomic, write_text_atomic
+from slothctl.training import arguments, callbacks, checkpoints, trackers
+from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
+from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
+    run_optimizer, set_aside_newer
+from slothctl.training.signals import GracefulStop
+from slothctl.training.trainer import make_trainer
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter: Path
+    steps: int
+    first_loss: float | None
+    final_loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+    stopped_early: bool = False
+    already_complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "final_loss": self.final_loss, "first_loss": self.first_loss,
+                "eval_loss": self.eval_loss, "tokens_per_s": round(self.tokens_per_s, 1),
+                "seconds": round(self.seconds, 2), "adapter": str(self.adapter), "run_dir": str(self.run_dir),
+                "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
+                "already_complete": self.already_complete}
+
+
+def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume: bool = False,
+          from_checkpoint: str | None = None, resume_only: bool = False) -> TrainResult:
+    """Train a LoRA adapter as the config says, or continue it from a checkpoint; returns where it
+    went and how it went. Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved."""
+    stop = GracefulStop()
+    where: dict[str, Any] = {"root": cfg.run_dir, "resume": "slothctl resume"}  # filled in once planned
+    with stop, contextlib.ExitStack() as held:
+        try:
+            return _train(cfg, emit, stop, held, where, fresh=fresh, force_resume=force_resume,
+                          from_checkpoint=from_checkpoint, resume_only=resume_only)
+        except KeyboardInterrupt:
+            if not (stop.requested and stop.forced):
+                raise
+            paths = RunPaths(where["root"])
+            clean_incomplete(paths)  # a checkpoint the trainer was writing never got its marker
+            latest = paths.latest_checkpoint()
+            kept = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written"
+            raise Interrupted(f"stopped at once by a second {stop.forced}; {kept}",
+                              f"continue with: {where['resume']}" if latest else None) from None
+
+
+def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitStack, where: dict, *, fresh: bool,
+           force_resume: bool, from_checkpoint: str | None, resume_only: bool) -> TrainResult:
+    started = time.time()
+    locked_root = None
+    if not fresh and cfg.run_dir.is_dir():
+        check_writable(cfg.run_dir)
+        held.enter_context(locked(cfg.run_dir))  # before cleaning up: the folder may be another process's
+        locked_root = cfg.run_dir
+    plan = plan_run(cfg, emit, fresh=fresh, force_resume=force_resume, from_checkpoint=from_checkpoint,
+                    require_checkpoint=resume_only)
+    cfg, paths = plan.cfg, plan.paths
+    where.update(root=paths.root, resume=resume_command(cfg))
+    if plan.renamed_from:
+        status(emit, f"Starting fresh in {paths.root} ({paths.root.parent / plan.renamed_from} is kept as it is)")
+    check_writable(paths.root)
+    trackers.check_available(arguments.tracker(cfg.train))
+    backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first when it is the backend
+    libraries.quiet()
+    resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
+    optim = arguments.optimizer_name(cfg.train)
+    check_bitsandbytes(cfg.model, optim)
+    check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
+
+    data = setup_data(cfg, resolved.path, emit)
+    total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length)
+    run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
+    run["optim"] = run_optimizer(plan, cfg.train.optim, optim)
+    if not from_checkpoint and not plan.forced:
+        summary = finished_summary(cfg, paths, total, run["data"]["hash"])
+        if summary is not None:
+            return _already_finished(summary, paths, started, emit)
+    if plan.checkpoint is not None:
+        check_resume_point(plan, run, total, force_resume, emit)
+        set_aside_newer(plan, emit)
+        how = "with --force-resume" if plan.forced else "the config matches"
+        status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): {how}")
+    elif paths.metrics.is_file():
+        status(emit, f"No complete checkpoint in {paths.root}: training it again from step 0")
+
+    if locked_root != paths.root:
+        held.enter_context(locked(paths.root))
+    _start_run_folder(cfg, plan)
+    if arguments.tracker(cfg.train) == "wandb":
+        trackers.prepare_wandb(paths, emit)
+
+    model, tokenizer = setup_model(cfg.model, backend, resolved.path, LoadOptions.of(cfg), emit)
+    model = setup_lora(cfg.lora, backend, model, max_seq_length=cfg.model.max_seq_length,
+                       **arguments.lora_options(cfg.train))
+    trainer = setup_trainer(cfg.train, cfg.model, backend, model, tokenizer, data, plan=plan, run=run,
+                            total=total, emit=emit, stop=stop)
+    status(emit, f"Training {total} steps on {backend.name} ({'CUDA' if trainer.args.use_cpu is False else 'CPU'})")
+
+    train_started = time.time()
+    step = fit(trainer, plan, total)
+    train_seconds = time.time() - train_started
+    if stop.requested and step < total:
+        latest, command = paths.latest_checkpoint(), where["resume"]
+        emit(Event("stopped", {"signal": stop.requested, "step": step, "checkpoint": str(latest),
+                               "resume": command},
+                   f"Stopped by {stop.requested} after step {step}; checkpoint saved: {latest}"))
+        raise Interrupted(f"stopped by {stop.requested} after step {step}; checkpoint saved: {latest}",
+                          f"continue with: {command}")
+    if step < total:
+        status(emit, f"Early stopping at step {step}: eval loss did not improve for "
+                     f"{arguments.early_stopping(cfg.train, data.eval_rows > 0)} evaluations")
+    return finish(cfg, plan, backend.name, trainer, tokenizer, data, run, step=step, total=total,
+                  started=started, train_seconds=train_seconds)
+
+
+# ---- setup, one config section each --------------------------------------------------------------------------------
+
+def setup_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
+    """[data]: the tokenized rows from the data cache (`slothctl data format` fills it), else formatted
+    now and cached. The one step that takes the whole config: the data pipeline (data/) also reads
+    [model] max_seq_length and revision, and data paths are relative to the project file."""
+    status(emit, f"Reading {cfg.data.source}")
+    tok = load_text_tokenizer(model_path, cfg.model.revision)
+    data = formatted(cfg, tok, emit)
+    status(emit, f"{data.train_rows} training rows, {data.eval_rows} eval rows "
+                 f"({len(data.invalid)} invalid, {len(data.no_trained_tokens)} without trained tokens, "
+                 f"{data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
+    return data
+
+
+def setup_model(model_cfg: ModelConfig, backend: Backend, model_path: str, options: LoadOptions, emit: Emit):
+    """[model]: the base model and its tokenizer, loaded by the backend."""
+    return backend.load(model_cfg, model_path, options, emit)
+
+
+def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, gradient_checkpointing: bool,
+               max_seq_length: int):
+    """[lora]: the trainable LoRA layers (backends.lora_arguments maps the section)."""
+    return backend.add_lora(model, lora_cfg, seed=seed, gradient_checkpointing=gradient_checkpointing,
+                            max_seq_length=max_seq_length)
+
+
+def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backend, model, tokenizer,
+                  data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop):
+    """[train]: the SFTTrainer (arguments.py maps the section) with our callbacks, in this order: early
+    stopping decides before run control asks for a save; checkpoint completion sees that request
+    (and announces a checkpoint only once it is complete); run control arms the signal handling
+    before progress announces the start."""
+    paths = plan.paths
+    has_eval = data.eval_rows > 0
+    args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
+                                total_steps=total, has_eval=has_eval, optim=run["optim"],
+                                lengths=data.train_lengths, overrides=backend.trainer_overrides(train_cfg.packing))
+    hooks: list = []
+    patience = arguments.early_stopping(train_cfg, has_eval)
+    if patience:
+        from transformers import EarlyStoppingCallback
+
+        hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    trainer_ref: list = []
+    hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
+              checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
+              callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen),
+              *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
+    trainer = make_trainer(model, tokenizer, args, data.dataset("train"), data.dataset("eval"), hooks)
+    trainer_ref.append(trainer)
+    return trainer
+
+
+# ---- train and save -------------------------------------------------------------------------------------------------
+
+def fit(trainer, plan: RunPlan, total: int) -> int:
+    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached.
+    A run killed after its last checkpoint has nothing left to train: its adapter weights are loaded
+    (PEFT, as the Trainer does on resume) so that the final adapter can be saved."""
+    if plan.resume_step is not None and plan.resume_step >= total:
+        model = trainer.model
+        model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
+        return plan.resume_step
+    trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    return trainer.state.global_step
+
+
+def _start_run_folder(cfg: Config, plan: RunPlan) -> None:
+    """The resolved config, and a `resume` line in metrics.jsonl: earlier lines past this step are
+    void from here on (runs.read_metrics)."""
+    paths = plan.paths
+    if paths.metrics.is_file():
+        append_jsonl(paths.metrics, {"event": "resume", "step": plan.resume_step or 0,
+                                     "checkpoint": plan.checkpoint.name if plan.checkpoint else None,
+                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_text_atomic(paths.config, config_mod.to_toml(cfg))
+
+
+def save_adapter(model, tokenizer, cfg: Config, data: Prepared, backend: str, paths: RunPaths) -> None:
+    """The final adapter with the tokenizer and the chat template used in training, written atomically."""
+    from slothctl.data.templates import apply_template
+
+    apply_template(tokenizer, data.template)  # the template trained with, its end-of-turn token as eos
+    with atomic_dir(paths.adapter, replace=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / ADAPTER_INFO, {
+            "base_model": cfg.model.name, "chat_template": data.template.name if data.template else None,
+            "format": data.format, "backend": backend, "max_seq_length": cfg.model.max_seq_length,
+            "slothctl": __version__})
+
+
+def finish(cfg: Config, plan: RunPlan, backend: str, trainer, tokenizer, data: Prepared, run: dict, *, step: int,
+           total: int, started: float, train_seconds: float) -> TrainResult:
+    """The adapter, then summary.json: the run's numbers across resumes, timings, versions."""
+    paths = plan.paths
+    save_adapter(trainer.model, tokenizer, cfg, data, backend, paths)
+    losses, evals = _history(paths)
+    result = TrainResult(
+        run_dir=paths.root, adapter=paths.adapter, steps=step,
+        first_loss=losses[0][1] if losses else None, final_loss=losses[-1][1] if losses else None,
+        eval_loss=evals[-1][1] if evals else None, tokens_per_s=trainer.tokens_seen / max(train_seconds, 1e-9),
+        seconds=time.time() - started, losses=losses, evals=evals, resumed_from=plan.resume_step,
+        stopped_early=step < total)
+    write_json_atomic(paths.summary, {
+        **result.to_json(), "run": cfg.output.name, "backend": backend,
+        "device": "cuda" if trainer.args.use_cpu is False else "cpu", "train_seconds": round(train_seconds, 2),
+        "train_tokens": trainer.tokens_seen, "losses": losses, "evals": evals,
+        "best_eval_loss": min((loss for _, loss in evals), default=None),
+        "config_hash": run["config_hash"], "optim": run["optim"], "peak_vram_gb": _peak_vram_gb(),
+        "data": {"rows": data.rows, "format": data.format, "train_rows": data.train_rows,
+                 "eval_rows": data.eval_rows, "invalid": len(data.invalid), "truncated": data.truncated,
+                 "chat_template": data.template.name if data.template else None, "hash": run["data"]["hash"]},
+        "config": cfg.to_dict(), "versions": libraries.training_versions()})
+    return result
+
+
+def _history(paths: RunPaths) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, loss) and (step, eval_loss) of the whole run, across resumes, from metrics.jsonl."""
+    records = read_metrics(paths.metrics)
+    losses = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
+    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("event") == "eval"]
+    return losses, evals
+
+
+def _already_finished(summary: dict, paths: RunPaths, started: float, emit: Emit) -> TrainResult:
+    status(emit, f"{paths.root} already finished this config ({summary['steps']} steps): nothing to train "
+                 "(--fresh starts over in a new folder, --max-steps N trains longer)")
+    losses, evals = _history(paths)
+    return TrainResult(run_dir=paths.root, adapter=paths.adapter, steps=summary["steps"],
+                       first_loss=summary.get("first_loss"), final_loss=summary.get("final_loss"),
+                       eval_loss=summary.get("eval_loss"), tokens_per_s=summary.get("tokens_per_s") or 0.0,
+                       seconds=time.time() - started, losses=losses, evals=evals,
+                       stopped_early=bool(summary.get("stopped_early")), already_complete=True)
+
+
+def _peak_vram_gb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
