@@ -15,6 +15,9 @@
 #        are built on the device from them.
 #   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
+#   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
+#   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
+#   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -76,6 +79,13 @@ for part in sorted(out.glob("gpu_family_*.json")):
 print({k: v.get("passed") for k, v in combined.items() if k.startswith("family_")})
 PY
     ;;
+multigpu)
+    SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests_multi.json" python3 -m pytest tests/gpu/test_multi_gpu.py -v \
+        -p no:cacheprovider --basetemp=/tmp/pt 2>&1 | tee "$OUT/tests-multi.log" | tail -40 ;;
+scaling-qwen)  python3 bench/multi_gpu.py --gpus 1,2 --shapes qwen3-1.7b --out "$OUT/multi_gpu.json" 2>&1 \
+                   | tee -a "$OUT/bench.log" | tail -30 ;;
+scaling-llama) python3 bench/multi_gpu.py --gpus 1,2 --shapes llama-3-8b --out "$OUT/multi_gpu.json" 2>&1 \
+                   | tee -a "$OUT/bench.log" | tail -30 ;;
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;

@@ -76,6 +76,16 @@ def error_text(stderr: str) -> str:
     return "\n".join(block if len(block) == 2 and block[1].startswith("Hint: ") else block[:1])
 
 
+def final_error(stderr: str) -> str:
+    """The one `Error:` line of stderr, asserting it ends stderr (at most its `Hint:` line follows,
+    after any progress lines) and that no traceback was printed."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    tail = lines[-2:] if lines and lines[-1].startswith("Hint: ") else lines[-1:]
+    assert len(errors) == 1 and tail[0] == errors[0] and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
 def assert_usage_error(result: Result, *fragments: str) -> str:
     """Exit 2, one `Error:` line on stderr (and at most one `Hint:` line after it), nothing else, no
     traceback; returns the text. The fragments may be in either line."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, make_project, run_cli
+from conftest import assert_usage_error, final_error, make_project, run_cli
 from data_files import config_for, sharegpt, tokenizer_copy, write_jsonl
 from slothctl.config import DataConfig
 from slothctl.data import formatted, prepare
@@ -32,14 +32,12 @@ def env(tmp_path) -> dict:
 
 
 def assert_refused(result, *fragments: str) -> str:
-    """Exit 2 and one error line, the last on stderr (after any progress lines of `train`); returns it."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
+    """Exit 2 and one error line, the last on stderr but for its hint (after any progress lines of `train`); returns it."""
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in result.stderr, result.stderr
+    error = final_error(result.stderr)
     for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
+        assert fragment in error, (fragment, error)
+    return error
 
 
 def inspect_json(path: Path, env: dict, *args: str) -> dict:

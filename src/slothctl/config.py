@@ -162,6 +162,11 @@ class TrainConfig:
                         "else padded batches of similar-length rows; on CPU, padded batches. `padded`, "
                         "`length_grouped` or `padding_free` force one.",
                         choices=("auto", "padded", "length_grouped", "padding_free"))
+    gpus: int | str = key(1, "Data-parallel ranks on this machine, started through torchrun: each GPU trains on "
+                          "its share of every batch, so the global batch is batch_size x gradient_accumulation_steps "
+                          "x gpus. `auto` uses every visible CUDA GPU (1 on a machine without one). On a machine "
+                          "without CUDA a number N starts N CPU processes (gloo), which is slower than one: it is "
+                          "there to try the setup.", choices=("auto",), min=1, max=1024)
     report_to: str = key("none", "Experiment tracker: `tensorboard` writes to <run>/tensorboard/; `wandb` needs "
                          "the wandb extra and logs offline (WANDB_MODE=offline) unless you are logged in.",
                          choices=("none", "tensorboard", "wandb"))
@@ -301,8 +306,9 @@ class KeySpec:
         return _TYPE_NAMES.get(self.type, str(self.type))
 
 
+COUNT_OR_CHOICE = int | str  # an integer, or one of the key's (string) choices, e.g. [train] gpus = "auto"
 _TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string",
-               list[str]: "list of strings", dict[str, str]: "table of strings"}
+               list[str]: "list of strings", dict[str, str]: "table of strings", COUNT_OR_CHOICE: "integer or string"}
 
 
 def schema() -> list[KeySpec]:
@@ -382,6 +388,11 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
         value = float(value)
         if math.isnan(value) or math.isinf(value):
             raise bad(f"expected a finite number, got {shown}")
+    elif expected == COUNT_OR_CHOICE:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not (isinstance(value, int) or value in (spec.choices or ())):
+            raise bad(f"expected an integer or {' or '.join(json.dumps(c) for c in spec.choices or ())}, got {shown}")
     elif expected is str:
         if not isinstance(value, str):
             raise bad(f"expected a string, got {shown}", "put quotes around text values")
@@ -399,7 +410,7 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     if any(isinstance(text, str) and "\x00" in text for text in texts):
         raise bad("contains a NUL character (\\u0000), which no path, name or text here may hold",
                   "remove it")
-    if spec.choices is not None:
+    if spec.choices is not None and not (expected == COUNT_OR_CHOICE and isinstance(value, int)):
         values = value if isinstance(value, list) else [value]
         for v in values:
             if v not in spec.choices:
@@ -571,6 +582,12 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def choices_text(spec: KeySpec, quote: str = "{}") -> str:
+    """The sentence that lists a key's choices in the docs."""
+    listed = ", ".join(quote.format(c) for c in spec.choices or ())
+    return f" A number, or {listed}." if spec.type == COUNT_OR_CHOICE else f" One of: {listed}."
+
+
 def reference_markdown() -> str:
     """The README's TOML reference, generated from the schema."""
     out = []
@@ -582,7 +599,7 @@ def reference_markdown() -> str:
             default = "required" if spec.required else f"`{toml_value(spec.default)}`"
             doc = spec.doc
             if spec.choices:
-                doc += " One of: " + ", ".join(f"`{c}`" for c in spec.choices) + "."
+                doc += choices_text(spec, "`{}`")
             if spec.unsloth and not spec.unsloth.startswith("same"):
                 doc += f" *Unsloth recipes:* {spec.unsloth}."
             out.append(f"| `{spec.name}` | {spec.type_name} | {default} | {doc.replace('|', '/')} |")

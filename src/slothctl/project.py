@@ -61,7 +61,7 @@ def render_template(preset: str) -> str:
             current = spec.section
         doc = spec.doc
         if spec.choices:
-            doc += " One of: " + ", ".join(map(str, spec.choices)) + "."
+            doc += config.choices_text(spec)
         lines += textwrap.wrap(doc, 100, initial_indent="# ", subsequent_indent="# ")
         value = values.get(spec.dotted, spec.default)
         lines.append(f"{spec.name} = {toml_value(value)}")

@@ -3,6 +3,7 @@ the trainer arguments."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,6 +14,19 @@ def on_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def cuda_index() -> int:
+    """This process's GPU: its LOCAL_RANK under torchrun (one GPU per rank), else the first."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device_map() -> dict[str, str] | None:
+    """`device_map` that puts the whole model on this rank's GPU when several ranks train (torchrun);
+    None on one rank, where the backend's own placement stays."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return {"": f"cuda:{cuda_index()}"}
 
 
 def cpu_has_native_bf16() -> bool:

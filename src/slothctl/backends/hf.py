@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from slothctl.backends import LoadOptions, lora_arguments
-from slothctl.backends.device import compute_dtype, on_cuda
+from slothctl.backends.device import compute_dtype, cuda_index, on_cuda
 from slothctl.config import LoraConfig, ModelConfig
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, ignore, status
@@ -65,7 +65,7 @@ class HFBackend:
                 revision=model.revision or None,
                 trust_remote_code=model.trust_remote_code,
                 quantization_config=quantized,
-                device_map={"": 0} if on_cuda() else None,
+                device_map={"": cuda_index()} if on_cuda() else None,  # under torchrun, this rank's GPU
             )
         except OSError as exc:
             raise UsageError(f"cannot load model `{model.name}`: {exc}") from None

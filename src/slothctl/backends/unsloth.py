@@ -22,6 +22,7 @@ import unsloth  # noqa: E402,F401  (must precede transformers, trl, peft)
 from typing import Any  # noqa: E402
 
 from slothctl.backends import LoadOptions, lora_arguments  # noqa: E402
+from slothctl.backends.device import rank_device_map  # noqa: E402
 from slothctl.backends.hf import HFBackend, load_tokenizer  # noqa: E402
 from slothctl.config import LoraConfig, ModelConfig  # noqa: E402
 from slothctl.errors import RuntimeFailure, UsageError  # noqa: E402
@@ -47,6 +48,7 @@ class UnslothBackend:
         from unsloth import FastLanguageModel
 
         status(emit, f"Loading {model.name} with Unsloth")
+        placement = rank_device_map()  # several ranks: each its own GPU (Unsloth does so only for 4/8-bit)
         try:
             loaded, _ = FastLanguageModel.from_pretrained(
                 model_name=path,
@@ -58,6 +60,7 @@ class UnslothBackend:
                 revision=model.revision or None,
                 use_gradient_checkpointing=_gradient_checkpointing(options.gradient_checkpointing),
                 random_state=options.seed,
+                **({"device_map": placement} if placement else {}),
             )
         except OSError as exc:
             raise UsageError(f"cannot load model `{model.name}`: {exc}") from None

@@ -20,13 +20,22 @@ Flags = dict[str, tuple[str, Any]]  # a command's flags that set config keys: {"
 
 
 def start(json_mode: bool, quiet: bool = False, aside_events: bool = False) -> output.Output:
-    """Set up this command's output (and with it, where errors go); `aside_events`: see output.Output."""
+    """Set up this command's output (and with it, where errors go); `aside_events`: see output.Output.
+    In a rank of a run on several GPUs (torchrun), only rank 0 prints; every rank's error line is
+    recorded for slothctl's launcher."""
+    from slothctl.training import ranks
+
     if json_mode and quiet:
         from slothctl.errors import UsageError
 
         raise UsageError("--json and --quiet exclude each other", "choose one")
     mode = "json" if json_mode else "quiet" if quiet else "human"
-    output.current = output.Output(mode, aside_events=aside_events).activate()
+    if not ranks.distributed():
+        output.current = output.Output(mode, aside_events=aside_events).activate()
+        return output.current
+    ranks.die_with_parent()
+    output.current = output.Output(mode, aside_events=aside_events, silent=not ranks.is_main(),
+                                   on_error=ranks.record_failure).activate()
     return output.current
 
 

@@ -9,7 +9,8 @@ import typer
 from slothctl.cli.commands import examples
 from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, QuietOption, SetOption, load_config, start
 from slothctl.cli.remote import DetachOption, RemoteOption
-from slothctl.cli.train import ForceResumeOption, MaxStepsOption, render_result
+from slothctl.cli.train import ForceResumeOption, GpusOption, MaxStepsOption, flag_overrides, rank_arguments, \
+    render_result, run
 
 
 @examples(("slothctl resume", "continue from the newest complete checkpoint"),
@@ -25,19 +26,19 @@ def resume(
     force_resume: ForceResumeOption = False,
     remote: RemoteOption = None,
     detach: DetachOption = False,
+    gpus: GpusOption = None,
     json_mode: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Continue an interrupted run from its newest complete checkpoint to the configured end."""
     out = start(json_mode, quiet)
-    cfg = load_config(config, sets, {"--max-steps": ("train.max_steps", max_steps)})
+    cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
     if remote or detach:
         from slothctl.cli.remote import run_remotely
 
         return run_remotely(out, cfg, remote, "resume", detach=detach, sets=sets, max_steps=max_steps,
                             force_resume=force_resume, from_checkpoint=from_checkpoint)
-    from slothctl.training.run import train as run_training
-
-    result = run_training(cfg, out.event, force_resume=force_resume, from_checkpoint=from_checkpoint,
-                          resume_only=True)
+    flags = ["--force-resume"] * force_resume + (["--from", from_checkpoint] if from_checkpoint else [])
+    result = run(out, cfg, rank_arguments("resume", config, sets, max_steps, gpus, *flags),
+                 force_resume=force_resume, from_checkpoint=from_checkpoint, resume_only=True)
     render_result(out, result)

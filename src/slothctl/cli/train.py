@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from slothctl.cli.commands import examples
-from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, QuietOption, SetOption, load_config, start
+from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, Flags, JsonOption, QuietOption, SetOption, load_config, \
+    start
 from slothctl.cli.output import Output
 from slothctl.cli.remote import DetachOption, RemoteOption
 
@@ -15,6 +16,40 @@ MaxStepsOption = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after N steps (same as --set train.max_steps=N); more than before trains longer.")]
 ForceResumeOption = Annotated[bool, typer.Option(
     "--force-resume", help="Continue from the checkpoint even though the config changed.")]
+GpusOption = Annotated[Optional[str], typer.Option(
+    "--gpus", metavar="N|auto", help="Train on N GPUs of this machine, data parallel through torchrun (same as "
+    "--set train.gpus=N); `auto` = every visible GPU. Without CUDA, N CPU processes.")]
+
+
+def flag_overrides(max_steps: int | None, gpus: str | None) -> Flags:
+    return {"--max-steps": ("train.max_steps", max_steps), "--gpus": ("train.gpus", gpus)}
+
+
+def rank_arguments(command: str, config, sets: list[str] | None, max_steps: int | None, gpus: str | None,
+                   *flags: str) -> list[str]:
+    """The same command for each rank that torchrun starts (launcher.py)."""
+    args = [command, "--config", str(config)]
+    for value in sets or []:
+        args += ["--set", value]
+    if max_steps:
+        args += ["--max-steps", str(max_steps)]
+    if gpus:
+        args += ["--gpus", gpus]
+    return args + list(flags)
+
+
+def run(out: Output, cfg, rank_args: list[str], **options):
+    """Train in this process, or on several ranks started from here (train.gpus > 1)."""
+    from slothctl.training import launcher
+
+    count = launcher.ranks_to_start(cfg.train.gpus)
+    if count > 1:
+        from slothctl.training.plan import resume_command
+
+        return launcher.train_on_ranks(count, rank_args, out.event, resume_command(cfg))
+    from slothctl.training.run import train as run_training
+
+    return run_training(cfg, out.event, **options)
 
 
 def render_result(out: Output, result) -> None:
@@ -40,6 +75,7 @@ def train(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over in a new run folder (<name>-2, -3, ...) "
                                         "instead of resuming the existing one.")] = False,
     force_resume: ForceResumeOption = False,
+    gpus: GpusOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config (with --remote: what would "
                                           "run where) and stop.")] = False,
     remote: RemoteOption = None,
@@ -52,7 +88,7 @@ def train(
     A run folder with checkpoints of the same config is resumed (see `slothctl resume`).
     """
     out = start(json_mode, quiet)
-    cfg = load_config(config, sets, {"--max-steps": ("train.max_steps", max_steps)})
+    cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
     if dry_run and not (remote or detach):
         from slothctl.config import to_toml
 
@@ -67,7 +103,7 @@ def train(
 
         return run_remotely(out, cfg, remote, "train", dry_run=dry_run, detach=detach, sets=sets, max_steps=max_steps,
                             fresh=fresh, force_resume=force_resume)
-    from slothctl.training.run import train as run_training
-
-    result = run_training(cfg, out.event, fresh=fresh, force_resume=force_resume)
+    flags = ["--fresh"] * fresh + ["--force-resume"] * force_resume
+    result = run(out, cfg, rank_arguments("train", config, sets, max_steps, gpus, *flags),
+                 fresh=fresh, force_resume=force_resume)
     render_result(out, result)

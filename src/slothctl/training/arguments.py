@@ -11,6 +11,8 @@
     save_total_limit                                       → keep_checkpoints (checkpoints.py rotates)
     early_stopping_patience                                → early_stopping (transformers' callback)
     report_to                                              → tracker (trackers.py)
+    gpus                                                   → launcher.ranks_wanted (the number of ranks);
+                                                             planned_steps and sft_config read the ranks
     seed, gradient_checkpointing                           → also LoRA and model loading (lora_options,
                                                              backends.LoadOptions)
 """
@@ -23,6 +25,7 @@ from typing import Any
 from slothctl.backends.device import compute_dtype, cpu_mixed_precision, on_cuda
 from slothctl.config import ModelConfig, TrainConfig
 from slothctl.training.batching import fastest, packed_rows
+from slothctl.training.ranks import distributed
 
 
 def optimizer_name(train: TrainConfig) -> str:
@@ -32,13 +35,14 @@ def optimizer_name(train: TrainConfig) -> str:
     return "adamw_8bit" if on_cuda() else "adamw_torch"
 
 
-def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int) -> int:
+def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int, ranks: int = 1) -> int:
     """Optimizer steps of the run: max_steps, else epochs over the rows the trainer will see (with
-    packing, the packed rows: counting the unpacked ones would train several epochs instead of one)."""
+    packing, the packed rows: counting the unpacked ones would train several epochs instead of one),
+    in global batches (each of the `ranks` trains its own share of a step's rows)."""
     if train.max_steps:
         return train.max_steps
     rows = packed_rows(lengths, seq_length) if train.packing else len(lengths)
-    per_epoch = math.ceil(rows / (train.batch_size * train.gradient_accumulation_steps))
+    per_epoch = math.ceil(rows / (train.batch_size * train.gradient_accumulation_steps * ranks))
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
@@ -139,6 +143,8 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
     )
     if early_stopping(t, has_eval):
         args.update(metric_for_best_model="eval_loss", greater_is_better=False)
+    if distributed():
+        args["ddp_find_unused_parameters"] = False  # every LoRA weight gets a gradient (as Unsloth's CLI sets)
     args.update(batching_args(batching_strategy(t, lengths)))
     args.update(overrides or {})
     return SFTConfig(**args)

@@ -63,12 +63,16 @@ class LengthGroupedBatches:
     into batches; then the batches are shuffled. (transformers' LengthGroupedSampler keeps each
     window in descending length, so the loss curve follows the lengths.) The order depends only on
     the seed and the epoch (`set_epoch`), so a resumed run sees the same batches.
+
+    On several ranks, accelerate deals the batches out in turn (batch i to rank i % ranks), so the
+    batches are shuffled in runs of `ranks` neighbours of similar length: the ranks of one step get
+    rows of similar length and none waits long for the others at the gradient exchange.
     """
 
     WINDOW = 50
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, ranks: int = 1):
+        self.lengths, self.batch_size, self.seed, self.epoch, self.ranks = lengths, batch_size, seed, 0, ranks
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -87,8 +91,10 @@ class LengthGroupedBatches:
             rows = sorted(order[start:start + window], key=self.lengths.__getitem__, reverse=True)
             batches += [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         full, last = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        return shuffled + last  # a short batch stays last, where the data loader expects it
+        whole = len(full) // self.ranks * self.ranks
+        steps = [full[i:i + self.ranks] for i in range(0, whole, self.ranks)]  # a batch for each rank
+        shuffled = [batch for i in torch.randperm(len(steps), generator=generator).tolist() for batch in steps[i]]
+        return shuffled + full[whole:] + last  # an incomplete step and a short batch stay last, as the loader expects
 
     def __iter__(self):
         return iter([i for batch in self.batches() for i in batch])

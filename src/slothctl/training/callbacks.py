@@ -33,7 +33,9 @@ def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
             self.started = time.time()
             self.start_step = state.global_step
             self.last = (self.started, tokens_seen(), state.global_step)
-            emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step}))
+            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step,
+                                 "world_size": args.world_size, "global_batch": batch}))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
@@ -57,17 +59,20 @@ def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
                 self.last = (now, tokens, step)
             else:
                 return
-            append_jsonl(paths.metrics, record)
-            emit(Event(record.pop("event"), record))
+            if state.is_world_process_zero:  # every rank logs (tokens_seen sums over them); rank 0 writes
+                append_jsonl(paths.metrics, record)
+                emit(Event(record.pop("event"), record))
 
     return Progress()
 
 
-def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool):
+def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool,
+                agree: Callable[[bool], bool] = lambda requested: requested):
     """A TrainerCallback for what slothctl adds to the loop: stop cleanly after a signal, checkpoint
     where early stopping ends the run (transformers already saves the last step, so a finished run
     can be trained longer), and take the save/eval/logging intervals from the current config rather
-    than from the checkpoint's trainer state."""
+    than from the checkpoint's trainer state. `agree` makes several ranks stop after the same step
+    (ranks.any_rank: a stop seen by one is a stop for all)."""
     from transformers import TrainerCallback
 
     class RunControl(TrainerCallback):
@@ -91,7 +96,8 @@ def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool):
             self._notice(state)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if stop.requested:
+            if agree(stop.requested is not None):
+                stop.requested = stop.requested or "SIGINT"  # another rank's
                 self._notice(state)
                 control.should_save = True
                 control.should_training_stop = True

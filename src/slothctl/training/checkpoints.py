@@ -5,6 +5,7 @@
       tokenizer files, training_args.bin               as the trainer saves them
       optimizer.pt, scheduler.pt (scaler.pt)           optimizer moments, learning-rate schedule position
       rng_state.pth                                    python, numpy, torch CPU (and CUDA) generators
+                                                       (rng_state_<rank>.pth for each rank of several)
       trainer_state.json                               global step, epoch, log history, early-stopping state
       slothctl_checkpoint.json                         the completion marker: config and its hash, data
                                                        hash, sampler position, every file and its size
@@ -24,6 +25,9 @@ Data order: the trainer's sampler is seeded with [train] seed and reseeded per e
 seedable sampler), so the order is a function of the training rows, the seed and the epoch. The
 marker records the rows' hash and the position (epoch, batches done in it); on resume the trainer
 rebuilds the same order and skips those batches.
+On several ranks, rank 0 writes the checkpoint (the Trainer saves every rank's RNG state in it) and
+the marker records the number of ranks: each rank skips its own share, which is the same share
+again only on the same number of ranks.
 """
 
 from __future__ import annotations
@@ -39,13 +43,16 @@ from slothctl import __version__, models
 from slothctl.config import Config, LoraConfig, ModelConfig
 from slothctl.events import Emit, Event
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, fsync_dir, fsync_tree, rotate_checkpoints, write_json_atomic
+from slothctl.training import ranks
 
 SECTIONS = ("model", "lora", "data", "train")
 # Keys a run may change between a checkpoint and its continuation without --force-resume: how long
 # to train, and bookkeeping that does not touch the numbers (the trainer takes them from the new config).
 # The engine may change too: a run started with the hf backend on CPU continues with unsloth on a GPU.
+# The number of ranks may change too (train.gpus): with a warning, since the global batch changes.
 FREE_TO_CHANGE = frozenset({"train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
-                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend"})
+                            "train.logging_steps", "train.report_to", "data.num_proc", "model.backend",
+                            "train.gpus"})
 # Keys that change the adapter's shape: even --force-resume cannot load such a checkpoint.
 SHAPE_KEYS = frozenset({"model.name", "lora.r", "lora.target_modules", "lora.bias"})
 
@@ -127,6 +134,7 @@ def completion(run: dict[str, Any], keep: int, emit: Emit):
             self._about_to_save(args, state, control)
 
         def on_save(self, args, state, control, train_dataloader=None, **kwargs):
+            ranks.barrier()  # every rank's RNG state is in the folder before it counts
             if not state.is_world_process_zero:
                 return
             paths = RunPaths(Path(args.output_dir))
@@ -135,6 +143,7 @@ def completion(run: dict[str, Any], keep: int, emit: Emit):
             mark_complete(folder, {
                 "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
                 "data_position": data_position(state.global_step, batches, args.gradient_accumulation_steps),
+                "world_size": args.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slothctl": __version__, **run})
             rotate_checkpoints(paths, keep)
             emit(Event("checkpoint", {"step": state.global_step, "path": str(folder)}))

@@ -27,10 +27,10 @@ from slothctl.config import Config, LoraConfig, ModelConfig, TrainConfig
 from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
 from slothctl.errors import Interrupted
-from slothctl.events import Emit, Event, ignore, status
+from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
-from slothctl.training import arguments, callbacks, checkpoints, trackers
+from slothctl.training import arguments, callbacks, checkpoints, ranks, trackers
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
@@ -61,12 +61,23 @@ class TrainResult:
                 "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
                 "already_complete": self.already_complete}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainResult:
+        """The result as `to_json` wrote it (rank 0's, read by the launcher of several ranks)."""
+        return cls(run_dir=Path(data["run_dir"]), adapter=Path(data["adapter"]), steps=data["steps"],
+                   first_loss=data["first_loss"], final_loss=data["final_loss"], eval_loss=data["eval_loss"],
+                   tokens_per_s=data["tokens_per_s"], seconds=data["seconds"], resumed_from=data["resumed_from"],
+                   stopped_early=data["stopped_early"], already_complete=data["already_complete"])
+
 
 def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume: bool = False,
           from_checkpoint: str | None = None, resume_only: bool = False) -> TrainResult:
     """Train a LoRA adapter as the config says, or continue it from a checkpoint; returns where it
-    went and how it went. Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved."""
-    stop = GracefulStop()
+    went and how it went. Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved.
+    Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
+    ranks.start()
+    emit = emit if ranks.is_main() else ignore
+    stop = GracefulStop(ranks.stop_signals())
     where: dict[str, Any] = {"root": cfg.run_dir, "resume": "slothctl resume"}  # filled in once planned
     with stop, contextlib.ExitStack() as held:
         try:
@@ -87,12 +98,12 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
            force_resume: bool, from_checkpoint: str | None, resume_only: bool) -> TrainResult:
     started = time.time()
     locked_root = None
-    if not fresh and cfg.run_dir.is_dir():
+    if not fresh and cfg.run_dir.is_dir() and ranks.is_main():
         check_writable(cfg.run_dir)
         held.enter_context(locked(cfg.run_dir))  # before cleaning up: the folder may be another process's
         locked_root = cfg.run_dir
-    plan = plan_run(cfg, emit, fresh=fresh, force_resume=force_resume, from_checkpoint=from_checkpoint,
-                    require_checkpoint=resume_only)
+    plan = ranks.from_main(lambda: plan_run(cfg, emit, fresh=fresh, force_resume=force_resume,
+                                            from_checkpoint=from_checkpoint, require_checkpoint=resume_only))
     cfg, paths = plan.cfg, plan.paths
     where.update(root=paths.root, resume=resume_command(cfg))
     if plan.renamed_from:
@@ -101,44 +112,57 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     trackers.check_available(arguments.tracker(cfg.train))
     backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first when it is the backend
     libraries.quiet()
-    resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    resolved = ranks.main_first(lambda: models.resolve(cfg.model.name, cfg.project_dir, emit))
     models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     optim = arguments.optimizer_name(cfg.train)
     check_bitsandbytes(cfg.model, optim)
-    check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
+    if ranks.is_main():
+        check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
-    data = setup_data(cfg, resolved.path, emit)
-    total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length)
+    data = ranks.main_first(lambda: setup_data(cfg, resolved.path, emit))
+    total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length, ranks.world_size())
     run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
     run["optim"] = run_optimizer(plan, cfg.train.optim, optim)
     if not from_checkpoint and not plan.forced:
-        summary = finished_summary(cfg, paths, total, run["data"]["hash"])
+        summary = ranks.from_main(lambda: finished_summary(cfg, paths, total, run["data"]["hash"]))
         if summary is not None:
             return _already_finished(summary, paths, started, emit)
     if plan.checkpoint is not None:
         check_resume_point(plan, run, total, force_resume, emit)
-        set_aside_newer(plan, emit)
+        changed = ranks.changed_world_size(plan.checkpoint.name, plan.info, cfg.train.batch_size,
+                                           cfg.train.gradient_accumulation_steps)
+        if changed:
+            warning(emit, changed)
+        if ranks.is_main():
+            set_aside_newer(plan, emit)
         how = "with --force-resume" if plan.forced else "the config matches"
         status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): {how}")
     elif paths.metrics.is_file():
         status(emit, f"No complete checkpoint in {paths.root}: training it again from step 0")
 
-    if locked_root != paths.root:
-        held.enter_context(locked(paths.root))
-    _start_run_folder(cfg, plan)
-    if arguments.tracker(cfg.train) == "wandb":
-        trackers.prepare_wandb(paths, emit)
+    if ranks.is_main():  # the run folder is rank 0's
+        if locked_root != paths.root:
+            held.enter_context(locked(paths.root))
+        _start_run_folder(cfg, plan)
+        if arguments.tracker(cfg.train) == "wandb":
+            trackers.prepare_wandb(paths, emit)
 
     model, tokenizer = setup_model(cfg.model, backend, resolved.path, LoadOptions.of(cfg), emit)
     model = setup_lora(cfg.lora, backend, model, max_seq_length=cfg.model.max_seq_length,
                        **arguments.lora_options(cfg.train))
     trainer = setup_trainer(cfg.train, cfg.model, backend, model, tokenizer, data, plan=plan, run=run,
                             total=total, emit=emit, stop=stop)
-    status(emit, f"Training {total} steps on {backend.name} ({'CUDA' if trainer.args.use_cpu is False else 'CPU'})")
+    on = ", ".join(filter(None, ["CUDA" if trainer.args.use_cpu is False else "CPU",
+                                 ranks.describe(cfg.train.batch_size, cfg.train.gradient_accumulation_steps)]))
+    status(emit, f"Training {total} steps on {backend.name} ({on})")
 
     train_started = time.time()
     step = fit(trainer, plan, total)
     train_seconds = time.time() - train_started
+    trainer.tokens_seen = ranks.total(trainer.tokens_seen)  # from here on, the tokens of every rank
+    if not ranks.is_main():  # rank 0 saves, reports and raises; a rank that stopped with it ends quietly
+        return TrainResult(run_dir=paths.root, adapter=paths.adapter, steps=step, first_loss=None, final_loss=None,
+                           eval_loss=None, tokens_per_s=0.0, seconds=time.time() - started)
     if stop.requested and step < total:
         latest, command = paths.latest_checkpoint(), where["resume"]
         emit(Event("stopped", {"signal": stop.requested, "step": step, "checkpoint": str(latest),
@@ -198,9 +222,10 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
 
         hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer_ref: list = []
-    hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
+    hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg),
+                                    agree=ranks.any_rank),
               checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
-              callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen),
+              callbacks.progress(emit, paths, lambda: ranks.total(trainer_ref[0].tokens_seen)),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
     trainer = make_trainer(model, tokenizer, args, data.dataset("train"), data.dataset("eval"), hooks)
     trainer_ref.append(trainer)

@@ -17,7 +17,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class GracefulStop:
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+        self.signals = signals  # on several ranks, SIGINT alone (ranks.stop_signals)
         self.requested: str | None = None  # name of the first signal, once one came
         self.forced: str | None = None  # name of the signal that stopped at once
         self.armed = False
@@ -33,7 +34,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
-            for sig in SIGNALS:
+            for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -47,7 +47,8 @@ def trainer_class() -> type:
             """Length-grouped batches in random order for `train_sampling_strategy = "group_by_length"`."""
             if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
                 return LengthGroupedBatches(dataset_lengths(dataset),
-                                            self.args.per_device_train_batch_size, self.args.seed)
+                                            self.args.per_device_train_batch_size, self.args.seed,
+                                            ranks=self.args.world_size)
             return None
 
         def create_model_card(self, *args, **kwargs):
