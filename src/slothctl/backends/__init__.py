@@ -52,7 +52,7 @@ class Backend(Protocol):
 
     def add_lora(self, model: Any, lora: LoraConfig, *, seed: int, gradient_checkpointing: bool,
                  max_seq_length: int) -> Any:
-        """The model with trainable LoRA layers made from `lora_arguments(lora)`."""
+        """The model with trainable LoRA layers made from `lora_arguments(lora, model)`."""
         ...
 
     def trainer_overrides(self, packing: bool) -> dict[str, Any]:
