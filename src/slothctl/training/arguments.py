@@ -5,7 +5,8 @@
     warmup_ratio, weight_decay, max_grad_norm, eval_steps, skip_eval,
     logging_steps, gradient_checkpointing, seed           → sft_config
     max_steps, epochs                                      → planned_steps (with packing: over packed rows)
-    packing, batching                                      → batching_strategy → sft_config
+    packing, batching                                      → batching_choice → sft_config (and the
+                                                             status line and start event that say why)
     optim                                                  → optimizer_name → sft_config
     save_steps                                             → sft_config; early stopping saves where it stops
     save_total_limit                                       → keep_checkpoints (checkpoints.py rotates)
@@ -18,11 +19,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from slothctl.backends.device import compute_dtype, cpu_mixed_precision, on_cuda
 from slothctl.config import ModelConfig, TrainConfig
-from slothctl.training.batching import fastest, packed_rows
+from slothctl.training.batching import Choice, fastest, packed_rows
 
 
 def optimizer_name(train: TrainConfig) -> str:
@@ -32,7 +33,7 @@ def optimizer_name(train: TrainConfig) -> str:
     return "adamw_8bit" if on_cuda() else "adamw_torch"
 
 
-def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int) -> int:
+def planned_steps(train: TrainConfig, lengths: Sequence[int], seq_length: int) -> int:
     """Optimizer steps of the run: max_steps, else epochs over the rows the trainer will see (with
     packing, the packed rows: counting the unpacked ones would train several epochs instead of one)."""
     if train.max_steps:
@@ -42,13 +43,14 @@ def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int) -> in
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def batching_strategy(train: TrainConfig, lengths: list[int] | None = None) -> str:
-    """packing wins; else [train] batching, where `auto` is what measured fastest (batching.fastest)."""
+def batching_choice(train: TrainConfig, lengths: Sequence[int] | None = None) -> Choice:
+    """packing wins; else [train] batching, where `auto` is what measured fastest on the batches the
+    sampler will form (batching.fastest). The reason is what `train` reports."""
     if train.packing:
-        return "packed"
+        return Choice("packed", "[train] packing = true: rows packed into full sequences")
     if train.batching != "auto":
-        return train.batching
-    return fastest(lengths, train.batch_size)
+        return Choice(train.batching, f"[train] batching = \"{train.batching}\"")
+    return fastest(lengths, train.batch_size, train.seed)
 
 
 def batching_args(strategy: str) -> dict[str, Any]:
@@ -91,8 +93,7 @@ def lora_options(train: TrainConfig) -> dict[str, Any]:
 
 
 def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_name: str, total_steps: int,
-               has_eval: bool, optim: str, lengths: list[int] | None = None,
-               overrides: dict[str, Any] | None = None):
+               has_eval: bool, optim: str, batching: Choice, overrides: dict[str, Any] | None = None):
     """TRL's SFTConfig from [train] (and [model] dtype and max_seq_length); `overrides` are the backend's."""
     import torch
     from trl import SFTConfig
@@ -138,6 +139,6 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
     )
     if early_stopping(t, has_eval):
         args.update(metric_for_best_model="eval_loss", greater_is_better=False)
-    args.update(batching_args(batching_strategy(t, lengths)))
+    args.update(batching_args(batching.strategy))
     args.update(overrides or {})
     return SFTConfig(**args)

@@ -16,9 +16,10 @@ from slothctl.runs import RunPaths, append_jsonl
 from slothctl.training.signals import GracefulStop
 
 
-def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
+def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int], start: dict[str, Any] | None = None):
     """A TrainerCallback that turns the trainer's logs into events and metrics.jsonl lines.
-    `tokens_seen` reads the trainer's token count (tokens/s)."""
+    `tokens_seen` reads the trainer's token count (tokens/s); `start` goes into the start event
+    (how rows are batched, and why)."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -33,7 +34,7 @@ def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
             self.started = time.time()
             self.start_step = state.global_step
             self.last = (self.started, tokens_seen(), state.global_step)
-            emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step}))
+            emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step, **(start or {})}))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})

@@ -183,9 +183,11 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     announces the start."""
     paths = plan.paths
     has_eval = bool(data.eval)
+    batching = arguments.batching_choice(train_cfg, data.train_lengths)
+    status(emit, f"Batching {batching.strategy}: {batching.reason}", batching=batching.to_json())
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
-                                total_steps=total, has_eval=has_eval, optim=run["optim"],
-                                lengths=data.train_lengths, overrides=backend.trainer_overrides())
+                                total_steps=total, has_eval=has_eval, optim=run["optim"], batching=batching,
+                                overrides=backend.trainer_overrides())
     hooks: list = []
     patience = arguments.early_stopping(train_cfg, has_eval)
     if patience:
@@ -194,7 +196,8 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
         hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer_ref: list = []
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
-              callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen),
+              callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen,
+                                 start={"batching": batching.to_json()}),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
     trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks, run)
     trainer_ref.append(trainer)
