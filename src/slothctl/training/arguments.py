@@ -123,6 +123,7 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
         eval_steps=eval_every,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a host sync per micro-step, to hide a NaN loss (trainer.py)
         seed=t.seed,
         data_seed=t.seed,
         gradient_checkpointing=t.gradient_checkpointing,

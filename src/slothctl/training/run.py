@@ -196,7 +196,7 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
         hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer_ref: list = []
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
-              callbacks.progress(emit, paths, lambda: trainer_ref[0].tokens_seen,
+              callbacks.progress(emit, paths, lambda: trainer_ref[0].logged,
                                  start={"batching": batching.to_json()}),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
     trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks, run)
