@@ -33,16 +33,19 @@ def _sentence(rng: random.Random, low: int, high: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))).capitalize() + "."
 
 
-def generate(path: Path, rows: int, seed: int = 0) -> None:
+def generate(path: Path, rows: int, seed: int = 0, human_sentences: tuple[int, int] = (1, 3),
+             gpt_sentences: tuple[int, int] = (1, 5)) -> None:
+    """ShareGPT rows of 1-3 exchanges; each message is a few sentences (their count drawn from the
+    given ranges)."""
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as handle:
         for _ in range(rows):
             turns = [{"from": "system", "value": _sentence(rng, 5, 15)}] if rng.random() < 0.3 else []
             for _ in range(rng.choice((1, 1, 2, 3))):
                 turns.append({"from": "human", "value": " ".join(_sentence(rng, 4, 20)
-                                                                  for _ in range(rng.randint(1, 3)))})
+                                                                  for _ in range(rng.randint(*human_sentences)))})
                 turns.append({"from": "gpt", "value": " ".join(_sentence(rng, 5, 25)
-                                                                for _ in range(rng.randint(1, 5)))})
+                                                                for _ in range(rng.randint(*gpt_sentences)))})
             handle.write(json.dumps({"conversations": turns}) + "\n")
 
 

@@ -5,7 +5,7 @@ _slothctl() {
     w="${COMP_WORDS[i]}"
     [[ $w == -* ]] && continue
     case "$path" in
-      "") [[ " chat data doctor export init merge push resume train " == *" $w "* ]] && path="$w" ;;
+      "") [[ " chat data doctor export init merge pull push resume train " == *" $w "* ]] && path="$w" ;;
       "data") [[ " format inspect " == *" $w "* ]] && path="$path $w" ;;
       "export") [[ " gguf merged prepare " == *" $w "* ]] && path="$path $w" ;;
     esac
@@ -15,7 +15,7 @@ _slothctl() {
       case "$prev" in
       esac
       if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--version" -- "$cur"))
-      else COMPREPLY=($(compgen -W "chat data doctor export init merge push resume train" -- "$cur")); fi ;;
+      else COMPREPLY=($(compgen -W "chat data doctor export init merge pull push resume train" -- "$cur")); fi ;;
     "chat")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -33,7 +33,7 @@ _slothctl() {
         --seed) return ;;
         --system) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --prompt -p --adapter --checkpoint --model --gguf --compare --max-new-tokens --temperature --top-p --min-p --repetition-penalty --seed --system --json --quiet" -- "$cur"))
       fi ;;
     "data")
       case "$prev" in
@@ -47,7 +47,7 @@ _slothctl() {
         --model) return ;;
         --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --out --strict --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "data inspect")
       case "$prev" in
@@ -56,14 +56,14 @@ _slothctl() {
         --model) return ;;
         --show) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --model --show --strict --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "doctor")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "export")
       case "$prev" in
@@ -79,8 +79,9 @@ _slothctl() {
         --checkpoint) return ;;
         --merged) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --quant -q --adapter --checkpoint --merged --out -o --force --no-check --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "export merged")
       case "$prev" in
@@ -90,14 +91,15 @@ _slothctl() {
         --checkpoint) return ;;
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+        --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "export prepare")
       case "$prev" in
         --sdist) COMPREPLY=($(compgen -f -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--sdist --force --json --quiet" -- "$cur"))
       fi ;;
     "init")
       case "$prev" in
@@ -107,7 +109,7 @@ _slothctl() {
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--template -t --model --dataset --example --force --config -c --set --json --quiet" -- "$cur"))
       else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     "merge")
       case "$prev" in
@@ -117,8 +119,16 @@ _slothctl() {
         --checkpoint) return ;;
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --precision) COMPREPLY=($(compgen -W "16bit 32bit 4bit lora" -- "$cur")); return ;;
+        --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --adapter --checkpoint --out -o --precision --force --no-check --remote --detach --json --quiet" -- "$cur"))
+      fi ;;
+    "pull")
+      case "$prev" in
+        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --set) return ;;
+      esac
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--checkpoints --force --config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "push")
       case "$prev" in
@@ -128,7 +138,7 @@ _slothctl() {
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--what --path --public --private --branch --revision --dry-run --config -c --set --json --quiet" -- "$cur"))
       fi ;;
     "resume")
       case "$prev" in
@@ -136,16 +146,18 @@ _slothctl() {
         --set) return ;;
         --from) return ;;
         --max-steps) return ;;
+        --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --remote --detach --json --quiet" -- "$cur"))
       fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
         --max-steps) return ;;
+        --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --json" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --remote --detach --json --quiet" -- "$cur"))
       fi ;;
   esac
 }

@@ -27,6 +27,15 @@ FAST = ["model.max_seq_length=128", "train.batch_size=4", "train.gradient_accumu
         "train.gradient_checkpointing=false", "data.eval_fraction=0.0", "train.save_steps=0"]
 
 
+def _no_constant(name: str):
+    raise ValueError(f"not JSON: {name}")
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (which Python writes and accepts, and JSON has not)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 @dataclass
 class Result:
     returncode: int
@@ -34,7 +43,12 @@ class Result:
     stderr: str
 
     def json_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        """stdout as strict JSON lines (whatever the exit status: error events are JSON too)."""
+        return [strict_json(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def json(self):
+        """stdout as one strict JSON document."""
+        return strict_json(self.stdout)
 
 
 def run_cli(*args: str, cwd: Path | str | None = None, env: dict | None = None, timeout: float = 900,
@@ -53,15 +67,27 @@ def run_python(code: str, cwd: Path | str | None = None, timeout: float = 600) -
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def error_text(stderr: str) -> str:
+    """The last `Error:` line of stderr and the `Hint:` line after it, if any, joined by a newline."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
+    assert starts, stderr
+    block = lines[starts[-1]:starts[-1] + 2]
+    return "\n".join(block if len(block) == 2 and block[1].startswith("Hint: ") else block[:1])
+
+
 def assert_usage_error(result: Result, *fragments: str) -> str:
-    """Exit 2, exactly one line on stderr, no traceback; returns the line."""
+    """Exit 2, one `Error:` line on stderr (and at most one `Hint:` line after it), nothing else, no
+    traceback; returns the text. The fragments may be in either line."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, (result.returncode, result.stderr)
-    assert len(lines) == 1, result.stderr
+    assert 1 <= len(lines) <= 2 and lines[0].startswith("Error: "), result.stderr
+    assert len(lines) == 1 or lines[1].startswith("Hint: "), result.stderr
     assert "Traceback" not in result.stderr
+    text = "\n".join(lines)
     for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+        assert fragment in text, (fragment, text)
+    return text
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,12 @@ request, so a test can check what arrived, with which flags and which credential
     with HubServer(token="hf_x") as hub:   # hub.url is the HF_ENDPOINT
         ...
         hub.repos["me/model"].files("main")  → {path: bytes}
+
+Failures on demand: `hub.fail[route] = status` answers a route (a regular expression matched against
+"METHOD /path") with that status, `hub.drop.add(route)` closes the connection without an answer (a
+transport error). Error answers echo the request's URL (query string included) and its
+Authorization header back in the body and in X-Error-Message, as a careless proxy would, so a
+client that shows server messages as they are would show the token.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +47,8 @@ class Request:
     path: str
     authorization: str | None
     body: bytes
+    target: str = ""  # the request target as sent: path and query string
+    headers: list[tuple[str, str]] = field(default_factory=list)  # every header, Authorization included
 
 
 class HubServer:
@@ -48,6 +57,9 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.blobs: dict[str, bytes] = {}  # LFS objects by sha256
         self.requests: list[Request] = []
+        self.fail: dict[str, int] = {}  # route regex → status to answer with
+        self.drop: set[str] = set()  # route regexes whose connection is closed without an answer
+        self.signature = "sIgNeDuRlSeCrEt42"  # the query string of our pre-signed upload URLs
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -62,8 +74,19 @@ class HubServer:
         self.httpd.server_close()
 
     def received(self) -> bytes:
-        """Every request line and body a client sent (not its headers), to search for leaks."""
-        return b"\n".join(r.method.encode() + b" " + r.path.encode() + b"\n" + r.body for r in self.requests)
+        """Everything a client sent except the Authorization header of Hub API calls (where the token
+        belongs): request lines with their query strings, the other headers and the bodies, to search
+        for leaks. Uploads to storage URLs (/lfs-store/, pre-signed) must not carry the token at all."""
+        parts = []
+        for r in self.requests:
+            headers = [(k, v) for k, v in r.headers
+                       if k.lower() != "authorization" or r.path.startswith("/lfs-store/")]
+            parts.append(f"{r.method} {r.target}\n".encode() + "".join(f"{k}: {v}\n" for k, v in headers).encode()
+                         + r.body)
+        return b"\n".join(parts)
+
+    def _matches(self, routes, method: str, path: str) -> bool:
+        return any(re.fullmatch(route, f"{method} {path}") for route in routes)
 
     # ---- endpoints ---------------------------------------------------------------------------------------------
 
@@ -120,7 +143,8 @@ class HubServer:
         for obj in payload["objects"]:
             entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
             if obj["oid"] not in self.blobs:
-                entry["actions"] = {"upload": {"href": f"{self.url}/lfs-store/{obj['oid']}"},
+                entry["actions"] = {"upload": {"href": f"{self.url}/lfs-store/{obj['oid']}?X-Amz-Signature="
+                                                       f"{self.signature}"},
                                     "verify": {"href": f"{self.url}/lfs-verify/{obj['oid']}"}}
             objects.append(entry)
         return 200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
@@ -174,8 +198,17 @@ def _handler(server: HubServer) -> type:
             path = urlsplit(self.path).path
             auth = self.headers.get("Authorization")
             with server.lock:
-                server.requests.append(Request(self.command, path, auth, body))
-                code, payload = server.route(self.command, path, body, auth == f"Bearer {server.token}")
+                server.requests.append(Request(self.command, path, auth, body, self.path, list(self.headers.items())))
+                if server._matches(server.drop, self.command, path):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                injected = next((status for route, status in server.fail.items()
+                                 if re.fullmatch(route, f"{self.command} {path}")), None)
+                if injected is not None:  # a careless proxy: echoes the URL and the credentials
+                    code, payload = injected, {"error": f"failed {self.command} {self.path} (Authorization: {auth})"}
+                else:
+                    code, payload = server.route(self.command, path, body, auth == f"Bearer {server.token}")
             data = json.dumps(payload).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")

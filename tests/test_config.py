@@ -3,7 +3,6 @@ no traceback, nothing written; overrides are typed; the schema drives templates 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -56,6 +55,23 @@ BAD_FILES = [
      ["[model] load_in_8bit", "both true"]),
     ("run name with a slash", GOOD + "[output]\nname = \"a/b\"\n", ["[output] name", "not a valid folder name"]),
     ("zero learning rate", GOOD + "[train]\nlearning_rate = 0.0\n", ["[train] learning_rate", "greater than 0"]),
+    ("NUL in the run name", GOOD + "[output]\nname = \"a\\u0000b\"\n", ["[output] name", "NUL character"]),
+    ("NUL in the data source", GOOD.replace('"data.jsonl"', '"data\\u0000.jsonl"'), ["[data] source", "NUL"]),
+    ("run name too long", GOOD + f"[output]\nname = \"{'x' * 256}\"\n", ["[output] name", "255 bytes"]),
+    ("seed past numpy's range", GOOD + "[train]\nseed = 18446744073709551616\n",
+     ["[train] seed", "at most 4294967295", "numpy"]),
+    ("chat seed past llama.cpp's range", GOOD + "[chat]\nseed = 4294967296\n", ["[chat] seed", "at most 4294967295"]),
+    ("data seed past 64 bits", GOOD.replace('source = "data.jsonl"', 'source = "data.jsonl"\nseed = 2**63'
+                                            .replace("2**63", str(2**63))), ["[data] seed", str(2**63 - 1)]),
+    ("step count past 64 bits", GOOD + "[train]\nmax_steps = 18446744073709551616\n",
+     ["[train] max_steps", "at most 9223372036854775807"]),
+    ("lora_r under [train]", GOOD + "[train]\nlora_r = 8\n", ["[train] lora_r", "unknown key", "`r` under [lora]"]),
+    ("lora_alpha under [train]", GOOD + "[train]\nlora_alpha = 8\n", ["[train] lora_alpha", "`alpha` under [lora]"]),
+    ("train_batch_size under [model]", GOOD.replace("[data]", "train_batch_size = 4\n\n[data]"),
+     ["[model] train_batch_size", "`batch_size` under [train]"]),
+    ("lora_dropout under [lora]", GOOD + "[lora]\nlora_dropout = 0.1\n", ["[lora] lora_dropout", "`dropout`"]),
+    ("empty data source", GOOD.replace('"data.jsonl"', '""'), ["[data] source", "is empty"]),
+    ("blank model name", GOOD.replace('"embedded:smollm2-135m"', '"  "'), ["[model] name", "is empty"]),
 ]
 
 
@@ -73,6 +89,14 @@ def test_missing_file_names_it_and_suggests_init(tmp_path):
                        "slothctl init")
 
 
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # what Notepad writes
+    result = run_cli("train", "-c", str(path), "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.json()["config"]["data"]["source"] == "data.jsonl"
+
+
 def test_folder_and_binary_files_are_refused(tmp_path):
     assert_usage_error(run_cli("train", "-c", str(tmp_path)), "is a folder")
     binary = tmp_path / "bin.toml"
@@ -85,10 +109,14 @@ BAD_SETS = [
     (["--set", "train.batch_size=three"], ["[train] batch_size", "expected an integer"]),
     (["--set", "trainbatch_size"], ["expected section.key=value"]),
     (["--set", "lora.r=-1"], ["[lora] r", "at least 1"]),
+    (["--set", "train.lora_r=8"], ["--set train.lora_r=8", "unknown key", "lora.r"]),
+    (["--set", "train.seed=4294967296"], ["[train] seed", "at most 4294967295"]),
+    (["--set", "data.source="], ["[data] source", "is empty"]),
 ]
 
 
-@pytest.mark.parametrize("args,fragments", BAD_SETS, ids=["unknown", "type", "shape", "range"])
+@pytest.mark.parametrize("args,fragments", BAD_SETS, ids=["unknown", "type", "shape", "range", "prefixed", "seed",
+                                                          "empty"])
 def test_bad_overrides(tmp_path, args, fragments):
     path = write(tmp_path, GOOD)
     assert_usage_error(run_cli("train", "-c", str(path), *args), *fragments)
@@ -100,7 +128,7 @@ def test_overrides_are_typed_and_flags_win(tmp_path):
                      "--set", "lora.r=8", "--set", "output.name=2024", "--set", "lora.target_modules=[\"q_proj\"]",
                      "--set", "train.learning_rate=1e-4", "--set", "model.load_in_4bit=false", "--max-steps", "9")
     assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)["config"]
+    resolved = result.json()["config"]
     assert resolved["train"]["max_steps"] == 9  # the flag beats --set, which beats the file
     assert resolved["lora"]["r"] == 8
     assert resolved["output"]["name"] == "2024"  # a string key keeps digits as text

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 
 from conftest import assert_usage_error, make_project, run_cli
 from data_files import config_for, sharegpt, write_jsonl
-from test_cli import HEAVY, PROBE
+from test_cli import assert_light
 
 MODEL = "embedded:smollm2-135m"
 
@@ -63,7 +61,7 @@ def test_inspect_json_gives_the_right_numbers(tmp_path, embedded_model, env):
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--json", "--set", "model.max_seq_length=40",
                      "--set", "data.chat_template=chatml", "--set", "data.eval_fraction=0.25", env=env)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = result.json()
     lengths, kept_tokens, kept_trained = [], 0, 0
     for number in (1, 2, 3, 4, 7, 8):  # the rows that render
         ids, trained = [], []
@@ -101,7 +99,7 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
     data = write_jsonl(tmp_path / "d.jsonl", KNOWN[:2])
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--show", "2", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    examples = json.loads(result.stdout)["examples"]
+    examples = result.json()["examples"]
     assert [e["row"] for e in examples] == [1, 2]
     second = examples[1]["spans"]
     assert [s["text"] for s in second if s["trained"]] == ["Hello", "<|im_end|>", "\n", "Bye!", "<|im_end|>", "\n"]
@@ -115,7 +113,7 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
 def test_inspect_uses_the_project_and_imports_nothing_heavy(project, tmp_path):
     result = run_cli("data", "inspect", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = result.json()
     assert report["rows"] == 216 and report["format"] == "messages" and report["model"] == MODEL
     rows = [json.loads(line) for line in (project / "data" / "sloth_chat.jsonl").read_text().splitlines()]
     csv_file = tmp_path / "d.csv"
@@ -124,9 +122,7 @@ def test_inspect_uses_the_project_and_imports_nothing_heavy(project, tmp_path):
     for args in (["data", "inspect", str(jsonl_file), "--model", MODEL, "--show", "1"],
                  ["data", "inspect", str(csv_file), "--model", MODEL, "--json"],
                  ["data", "inspect", "-c", str(project / "slothctl.toml"), "--json"]):
-        proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
-                              text=True, timeout=120, cwd=tmp_path)
-        assert proc.stderr.strip().splitlines()[-1] == "HEAVY=", proc.stderr
+        assert_light(args, cwd=tmp_path)
 
 
 BAD_INPUTS = {
@@ -221,8 +217,7 @@ def test_partial_or_damaged_cache_is_never_used(tmp_path, embedded_model, monkey
     first = formatted(cfg, tok)
     entry = Path(first.cache["path"])
     assert first.cache["hit"] is False and sorted(p.name for p in entry.iterdir()) == [
-        "full_lengths.npy", "ids.npy", "is_eval.npy", "manifest.json", "offsets.npy", "prepared.json",
-        "row_numbers.npy", "trained.npy"]
+        "full_lengths.npy", "is_eval.npy", "manifest.json", "prepared.json", "row_numbers.npy", "tokens.arrow"]
     calls = []
     real_prepare = pipeline.prepare
     monkeypatch.setattr("slothctl.data.prepare", lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
@@ -237,10 +232,10 @@ def test_partial_or_damaged_cache_is_never_used(tmp_path, embedded_model, monkey
         assert (entry / "manifest.json").is_file() and cache.read(first.cache["key"]) is not None
 
     damage(lambda: (entry / "manifest.json").unlink())  # a write that never finished
-    damage(lambda: (entry / "ids.npy").write_bytes((entry / "ids.npy").read_bytes()[:-8]))  # truncated
-    flipped = bytearray((entry / "trained.npy").read_bytes())
-    flipped[-1] ^= 1
-    damage(lambda: (entry / "trained.npy").write_bytes(bytes(flipped)))  # same size, other content
+    damage(lambda: (entry / "tokens.arrow").write_bytes((entry / "tokens.arrow").read_bytes()[:-8]))  # truncated
+    flipped = bytearray((entry / "tokens.arrow").read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    damage(lambda: (entry / "tokens.arrow").write_bytes(bytes(flipped)))  # same size, other content
     assert len(calls) == 3
     leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.name != first.cache["key"]]
     assert leftovers == []  # temporary folders are renamed or removed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from conftest import run_cli
 
@@ -10,7 +9,7 @@ from conftest import run_cli
 def test_doctor_json_reports_versions_backend_model_and_gguf_tools(tmp_path):
     result = run_cli("doctor", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+    info = result.json()
     for name in ("torch", "transformers", "trl", "peft"):
         assert info["libraries"][name], name
     assert info["python"].count(".") == 2
@@ -28,8 +27,7 @@ def test_doctor_with_an_empty_cache_says_how_to_prepare(tmp_path, project):
     assert result.returncode == 0, result.stderr
     assert "slothctl export prepare" in result.stdout
     assert "not converted yet" in result.stdout and "not trained yet" in result.stdout
-    as_json = json.loads(run_cli("doctor", "--json", cwd=project,
-                                 env={"SLOTHCTL_CACHE": str(tmp_path / "cache")}).stdout)
+    as_json = run_cli("doctor", "--json", cwd=project, env={"SLOTHCTL_CACHE": str(tmp_path / "cache")}).json()
     assert as_json["gguf_tools"] == {**as_json["gguf_tools"], "ready": False, "prepare": "slothctl export prepare"}
     assert as_json["project"]["valid"] and as_json["project"]["adapter"] is False
 

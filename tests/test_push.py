@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def test_push_public_to_a_new_branch_of_a_name_only_repo(trained_run: Path, hub,
 def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path, hub, hf_home, tmp_path):
     result = push(trained_run, hub, hf_home, "me/x", "--dry-run", "--json", token=None)
     assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
+    listing = result.json()
     adapter = trained_run / "runs" / "proj" / "adapter"
     sizes = {item["path"]: item["size"] for item in listing["files"]}
     assert sizes["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").stat().st_size
@@ -139,7 +140,7 @@ def test_dry_run_lists_files_without_a_token_and_sends_nothing(trained_run: Path
     elsewhere = run_cli("push", "me/x", "--path", str(adapter), "--dry-run", "--json", cwd=tmp_path,
                         env={"HF_TOKEN": "", "HF_HOME": str(hf_home)})
     assert elsewhere.returncode == 0, elsewhere.stderr
-    assert json.loads(elsewhere.stdout)["what"] == "adapter" and json.loads(elsewhere.stdout)["files"] == \
+    assert elsewhere.json()["what"] == "adapter" and elsewhere.json()["files"] == \
         listing["files"]
     assert hub.requests == []
 
@@ -213,3 +214,55 @@ def test_push_merged_and_gguf_folders(exported: Path, hub, hf_home, what):
         assert meta["library_name"] == "gguf" and "gguf" in meta["tags"]
         assert 'filename="proj-q4_1.gguf"' in text and "llama-cli -hf me/sloth-gguf" in text
     assert_token_nowhere(result, hub, exported, hf_home)
+
+
+# ---- failures: one line, the right exit code, and the token nowhere, whatever the Hub answers ----------------
+
+@pytest.fixture
+def small_adapter(tmp_path: Path) -> Path:
+    """A folder `push --path` accepts: an adapter config and a small binary weights file (sent through LFS)."""
+    folder = tmp_path / "proj" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00\x01weights" * 64)
+    return folder
+
+
+FAILURES = {
+    # what goes wrong: (routes answered with a status, routes dropped, exit code, fragments of the line)
+    "401 on whoami": ({"GET /api/whoami-v2": 401}, set(), 2, ["rejected the token (401)"]),
+    "403 on create": ({"POST /api/repos/create": 403}, set(), 2, ["may not write to me/x (403)"]),
+    "500 on create": ({"POST /api/repos/create": 500}, set(), 1, ["the Hub answered 500"]),
+    "503 on commit": ({"POST /api/models/.*/commit/.*": 503}, set(), 1, ["the Hub answered 503"]),
+    "403 from storage": ({"PUT /lfs-store/.*": 403}, set(), 1,
+                         ["uploading 'adapter_model.safetensors'", "storage", "answered 403"]),
+    "connection dropped": ({}, {"POST /api/repos/create"}, 1, ["cannot reach the Hub", "127.0.0.1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+@pytest.mark.parametrize("json_mode", [False, True], ids=["human", "json"])
+def test_failed_push_is_one_line_with_its_exit_code_and_never_the_token(case, json_mode, small_adapter, hub, hf_home):
+    fail, drop, code, fragments = FAILURES[case]
+    hub.fail.update(fail)
+    hub.drop.update(drop)
+    project = small_adapter.parent
+    result = push(project, hub, hf_home, "me/x", "--path", str(small_adapter), *(["--json"] if json_mode else []))
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]  # the rest are the human progress lines
+    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in result.stderr, result.stderr
+    assert lines == errors or not json_mode, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    if json_mode:  # the error is also the last JSON line, strict JSON
+        assert json.loads(result.stdout.splitlines()[-1], parse_constant=_reject)["event"] == "error"
+    assert any(re.fullmatch(route, f"{r.method} {r.path}") for r in hub.requests for route in (*fail, *drop)), \
+        "the failure was never reached"
+    assert_token_nowhere(result, hub, project, hf_home)
+    assert hub.signature not in result.stdout + result.stderr  # a pre-signed URL's query string is a secret too
+    assert all(r.authorization is None for r in hub.requests if r.path.startswith("/lfs-store/"))
+
+
+def _reject(constant: str):
+    raise ValueError(f"not JSON: {constant}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, make_project, run_cli
-from slothctl.runs import RunPaths, read_metrics
+from conftest import assert_usage_error, error_text, make_project, run_cli
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, read_metrics
 from training_process import TrainingProcess
 
 # Tiny but real: 5 steps of 2 rows, a checkpoint every 2 steps and at the end (keep 2), eval on 2% of
@@ -125,6 +125,9 @@ def test_sigkill_right_after_a_checkpoint_then_resume_matches_the_uninterrupted_
     assert info["config_hash"] == summary["config_hash"] and info["data"]["hash"] == summary["data"]["hash"]
     for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
         assert (run_dir / "checkpoint-4" / name).is_file(), name
+    # The marker vouches for every file of its folder, with its size.
+    files = {p.name: p.stat().st_size for p in (run_dir / "checkpoint-4").iterdir() if p.name != CHECKPOINT_INFO}
+    assert {name: entry["size"] for name, entry in info["files"].items()} == files
 
     # TensorBoard: the resumed writer hides what the killed run logged after step 2.
     assert_same_series(tensorboard_scalars(run_dir / "tensorboard", "train/loss"), losses)
@@ -172,6 +175,23 @@ def test_a_finished_run_is_not_trained_again(reference):
     assert not [e for e in result.json_lines() if e["event"] == "step"]
 
 
+def test_a_run_killed_after_its_last_checkpoint_saves_that_checkpoint_as_its_adapter(reference, tmp_path):
+    """Killed between the last checkpoint and adapter/: resuming trains nothing and saves the last
+    checkpoint's weights (loaded through PEFT) as the final adapter."""
+    project = tmp_path / "ref"
+    shutil.copytree(reference, project)
+    run_dir = project / "runs" / "ref"
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "summary.json").unlink()
+    result = run_cli("resume", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = result.json_lines()
+    assert not [e for e in events if e["event"] == "step"]
+    assert events[-1]["steps"] == 5 and events[-1]["resumed_from"] == 5
+    adapter, last = adapter_weights(run_dir / "adapter"), adapter_weights(run_dir / "checkpoint-5")
+    assert adapter.keys() == last.keys() and all((adapter[k] == last[k]).all() for k in adapter)
+
+
 def test_fresh_starts_a_new_folder_and_early_stopping_stops(reference):
     """--fresh with another config trains in runs/ref-2; a learning rate of 1.0 makes the eval loss
     worse after the first real update, so patience 1 stops the run at step 2 of 5."""
@@ -201,7 +221,7 @@ def test_first_sigterm_saves_a_checkpoint_then_train_resumes_and_trains_longer(t
     assert stopping and stopping[0]["signal"] == "SIGTERM" and stopping[0]["step"] == 1
     assert stopped and stopped[0]["step"] == 1 and stopped[0]["resume"] == "slothctl resume"
     assert [e["step"] for e in process.of("step")] == [1]
-    error = [line for line in process.stderr.splitlines() if line.strip()][-1]
+    error = error_text(process.stderr)
     assert "stopped by SIGTERM after step 1" in error and "slothctl resume" in error
     assert [step for step, _ in RunPaths(run_dir).checkpoints()] == [1]  # not a save step: the signal saved it
     assert not (run_dir / "adapter").exists()
@@ -232,7 +252,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path,
     assert notice["signal"] == "SIGINT" and notice["step"] == 2
     process.signal(signal.SIGINT)
     assert process.finish() == 130, process.stderr[-3000:]
-    error = [line for line in process.stderr.splitlines() if line.strip()][-1]
+    error = error_text(process.stderr)
     assert "stopped at once by a second SIGINT" in error and "checkpoint-1" in error
     assert not process.of("stopped") and not process.of("step")[1:]  # step 2 never finished
     assert [step for step, _ in RunPaths(run_dir).checkpoints()] == [1]

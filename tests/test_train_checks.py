@@ -58,3 +58,21 @@ def test_missing_tracker_is_refused(tmp_path, embedded_model):
     project = make_project(tmp_path / "p", "train.report_to=wandb")
     assert_usage_error(run_cli("train", cwd=project), 'report_to = "wandb"', "not installed", "slothctl[wandb]")
     assert not (project / "runs").exists()
+
+
+def test_missing_bitsandbytes_is_refused_where_it_is_needed(monkeypatch):
+    """8-bit AdamW (optim = "auto" on CUDA) and 4-bit loading need bitsandbytes, an extra since it left
+    the core dependencies; without it: exit 2 naming the extra, before the model loads."""
+    from slothctl.config import ModelConfig
+    from slothctl.errors import UsageError
+    from slothctl.training.checks import check_bitsandbytes
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    check_bitsandbytes(ModelConfig(name="m"), "adamw_torch")  # nothing needs it
+    with pytest.raises(UsageError) as refused:
+        check_bitsandbytes(ModelConfig(name="m"), "adamw_8bit")
+    assert "adamw_8bit needs bitsandbytes" in refused.value.message
+    assert "slothctl[cuda]" in refused.value.hint and "adamw_torch" in refused.value.hint
+    with pytest.raises(UsageError, match="load_in_4bit needs bitsandbytes"):
+        check_bitsandbytes(ModelConfig(name="m", load_in_4bit=True), "adamw_torch")

@@ -3,7 +3,6 @@ send it real signals (SIGKILL, SIGINT, SIGTERM) at a known point of training."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -12,6 +11,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from conftest import strict_json
 
 
 class TrainingProcess:
@@ -51,7 +52,7 @@ class TrainingProcess:
                 raise AssertionError(f"process ended (rc {self.proc.returncode}) before the awaited event:\n"
                                      f"{self.stderr[-3000:]}")
             if line.strip():
-                event = json.loads(line)
+                event = strict_json(line)
                 self.events.append(event)
                 if predicate(event):
                     return event
@@ -71,7 +72,7 @@ class TrainingProcess:
             if line is None:
                 break
             if line.strip():
-                self.events.append(json.loads(line))
+                self.events.append(strict_json(line))
         time.sleep(0.2)  # let the stderr reader drain
         return rc
 

@@ -29,12 +29,16 @@ DEFAULT_CONFIG_NAME = "slothctl.toml"
 EMBEDDED_MODEL = "embedded:smollm2-135m"
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REQUIRED = object()  # marks a key without a default
+INT64_MAX = 2**63 - 1  # TOML integers are 64-bit; Python would take any size and fail later, far away
+SEED_MAX = 2**32 - 1  # numpy's and llama.cpp's seeds are 32-bit unsigned
+NAME_MAX_BYTES = 255  # the longest file or folder name of common file systems
 
 
 def key(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, min_exclusive: bool = False, unsloth: str = "") -> Any:
-    """Declare one TOML key. `unsloth` says how the default compares with the Unsloth recipes."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max,
+        max: float | None = None, min_exclusive: bool = False, unsloth: str = "", max_why: str = "") -> Any:
+    """Declare one TOML key. `unsloth` says how the default compares with the Unsloth recipes;
+    `max_why` says which consumer sets the maximum (shown when a value exceeds it)."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "max_why": max_why,
             "min_exclusive": min_exclusive, "unsloth": unsloth, "required": default is REQUIRED}
     if default is REQUIRED:
         return field(default=None, metadata=meta)
@@ -146,8 +150,8 @@ class TrainConfig:
     early_stopping_patience: int = key(0, "Stop when eval loss has not improved for N evaluations (0 = off). "
                                        "The final adapter is the one of the step where training stopped.", min=0)
     logging_steps: int = key(1, "Report loss and speed every N steps.", min=1)
-    seed: int = key(3407, "Seed for LoRA initialisation, data order and dropout.", min=0,
-                    unsloth="same (3407)")
+    seed: int = key(3407, "Seed for LoRA initialisation, data order and dropout.", min=0, max=SEED_MAX,
+                    max_why="transformers seeds numpy with it, and numpy's seed is 32-bit", unsloth="same (3407)")
     gradient_checkpointing: bool = key(True, "Recompute activations in the backward pass: much less memory, "
                                        "~20% slower. Unsloth's offloaded variant is used on that backend.",
                                        unsloth="same (\"unsloth\")")
@@ -182,7 +186,8 @@ class ChatConfig:
     min_p: float = key(0.1, "Drop tokens less likely than min_p x the top token's probability.",
                        min=0.0, max=1.0, unsloth="same as the notebooks' inference cells (0.1)")
     repetition_penalty: float = key(1.0, "Penalty on repeated tokens (1 = none).", min=0.5, max=10.0)
-    seed: int = key(3407, "Sampling seed.", min=0)
+    seed: int = key(3407, "Sampling seed.", min=0, max=SEED_MAX, max_why="llama.cpp's sampling seed (chat --gguf) "
+                    "is 32-bit")
     system_prompt: str = key("", "System message put before every conversation (empty = the template's default).")
     context_length: int = key(4096, "Tokens of conversation kept (prompt + answer); the oldest turns are dropped "
                               "to fit. Also the llama.cpp context size for `--gguf`.", min=64, max=1_048_576)
@@ -216,6 +221,26 @@ class HubConfig:
 
 
 @dataclass
+class RemoteConfig:
+    """[remote]: `--remote modal`: train, merge and export on a cloud GPU (needs `pip install 'slothctl[modal]'`)."""
+
+    provider: str = key("modal", "Cloud service `--remote` runs on.", choices=("modal",))
+    gpu: str = key("L40S", "GPU as Modal names it: `L40S`, `A100-80GB`, `H100`, `H200`, `B200`, ...; `TYPE:N` reserves "
+                   "N of them (slothctl trains on one so far).")
+    timeout_hours: float = key(6.0, "Longest one attempt may run before Modal stops it.", min=0.0, max=24.0,
+                               min_exclusive=True)
+    retries: int = key(3, "Attempts Modal makes again after a failed one; each continues from the newest checkpoint "
+                       "(a preempted attempt is restarted as well).", min=0, max=10)
+    volume: str = key("slothctl-runs", "Modal Volume that holds the run folders; it is mounted where [output] dir "
+                      "points, so runs/<name>/ looks the same there as here (`slothctl pull` copies it back).")
+    cache_volume: str = key("slothctl-cache", "Modal Volume for downloaded models and datasets and slothctl's cache, "
+                            "kept between runs.")
+    secrets: list[str] = key([], "Modal Secrets whose variables the remote run sees, e.g. one holding HF_TOKEN "
+                             "or WANDB_API_KEY.")
+    python: str = key("3.11", "Python version of the remote image.", choices=("3.11", "3.12", "3.13"))
+
+
+@dataclass
 class Config:
     """The whole project file. `source` is the file it came from (for messages and relative paths)."""
 
@@ -227,6 +252,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     source: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -264,6 +290,7 @@ class KeySpec:
     min_exclusive: bool
     required: bool
     unsloth: str
+    max_why: str = ""
 
     @property
     def dotted(self) -> str:
@@ -287,7 +314,7 @@ def schema() -> list[KeySpec]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             m = f.metadata
             specs.append(KeySpec(section, f.name, hints[f.name], default, m["doc"], m["choices"], m["min"],
-                                 m["max"], m["min_exclusive"], m["required"], m["unsloth"]))
+                                 m["max"], m["min_exclusive"], m["required"], m["unsloth"], m["max_why"]))
     return specs
 
 
@@ -301,6 +328,35 @@ def _specs_by_section() -> dict[str, dict[str, KeySpec]]:
 def _did_you_mean(word: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
+
+
+def _home_of(section: str, name: str, specs: dict[str, dict[str, KeySpec]]) -> tuple[str, str] | None:
+    """(section, key) an unknown key most likely means: `lora_r` → lora.r, `train_batch_size` →
+    train.batch_size (a section name used as a prefix, as in the Unsloth and PEFT argument names),
+    `max_steps` under [lora] → train.max_steps."""
+    for home in specs:
+        bare = name[len(home) + 1:] if name.startswith(home + "_") else None
+        if bare and bare in specs[home]:
+            return home, bare
+    for home, keys in specs.items():
+        if name in keys and home != section:
+            return home, name
+    return None
+
+
+def _unknown_key_hint(section: str, name: str, specs: dict[str, dict[str, KeySpec]]) -> str | None:
+    home = _home_of(section, name, specs)
+    if home is None:
+        return _did_you_mean(name, list(specs[section]))
+    if home[0] == section:
+        return f"did you mean `{home[1]}`?"
+    if home[1] == name:
+        return f"`{name}` belongs under [{home[0]}]"
+    return f"did you mean `{home[1]}` under [{home[0]}]?"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def check_value(spec: KeySpec, value: Any, where: str) -> Any:
@@ -318,6 +374,8 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     elif expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad(f"expected an integer, got {shown}")
+        if value > INT64_MAX and (spec.max is None or spec.max > INT64_MAX):
+            raise bad(f"must be at most {INT64_MAX} (TOML integers are 64-bit), got {shown}")
     elif expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(f"expected a number, got {shown}")
@@ -327,6 +385,8 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     elif expected is str:
         if not isinstance(value, str):
             raise bad(f"expected a string, got {shown}", "put quotes around text values")
+        if spec.required and not value.strip():
+            raise bad("is empty", f"set it, e.g. {spec.name} = {_EXAMPLES[spec.dotted]}")
     elif expected == list[str]:
         if isinstance(value, str):
             value = [value]
@@ -335,6 +395,10 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     elif expected == dict[str, str]:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad(f"expected a table of strings, got {shown}", 'write it as { old = "new" }')
+    texts = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
+    if any(isinstance(text, str) and "\x00" in text for text in texts):
+        raise bad("contains a NUL character (\\u0000), which no path, name or text here may hold",
+                  "remove it")
     if spec.choices is not None:
         values = value if isinstance(value, list) else [value]
         for v in values:
@@ -344,19 +408,22 @@ def check_value(spec: KeySpec, value: Any, where: str) -> Any:
     if spec.min is not None and isinstance(value, (int, float)):
         if value < spec.min or (spec.min_exclusive and value == spec.min):
             rel = "greater than" if spec.min_exclusive else "at least"
-            raise bad(f"must be {rel} {spec.min:g}, got {shown}")
+            raise bad(f"must be {rel} {_number(spec.min)}, got {shown}")
     if spec.max is not None and isinstance(value, (int, float)) and value > spec.max:
-        raise bad(f"must be at most {spec.max:g}, got {shown}")
+        why = f" ({spec.max_why})" if spec.max_why else ""
+        raise bad(f"must be at most {_number(spec.max)}{why}, got {shown}")
     return value
+
+
+_EXAMPLES = {"model.name": '"embedded:smollm2-135m"', "data.source": '"data/train.jsonl"'}
 
 
 def _check_required(specs: dict[str, dict[str, KeySpec]], raw: dict, where: str) -> None:
     for section, keys in specs.items():
         for spec in keys.values():
             if spec.required and spec.name not in raw.get(section, {}):
-                example = '"embedded:smollm2-135m"' if spec.dotted == "model.name" else '"data/train.jsonl"'
                 raise ConfigError(where, f"[{section}] {spec.name}", "missing required key",
-                                  f"add `{spec.name} = {example}` under [{section}]")
+                                  f"add `{spec.name} = {_EXAMPLES[spec.dotted]}` under [{section}]")
 
 
 def _check_consistency(cfg: Config, where: str) -> None:
@@ -377,6 +444,9 @@ def _check_consistency(cfg: Config, where: str) -> None:
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ConfigError(where, "[output] name", f"{json.dumps(name)} is not a valid folder name",
                           "use letters, digits, '-' and '_'")
+    if len(name.encode("utf-8")) > NAME_MAX_BYTES:
+        raise ConfigError(where, "[output] name", f"is {len(name.encode('utf-8'))} bytes long, but a folder name "
+                          f"may have at most {NAME_MAX_BYTES} bytes", "use a shorter name")
 
 
 def build(raw: dict, where: str, source: Path | None = None) -> Config:
@@ -391,11 +461,7 @@ def build(raw: dict, where: str, source: Path | None = None) -> Config:
                               f"write it as [{section}] followed by its keys")
         for name in table:
             if name not in specs[section]:
-                hint = _did_you_mean(name, list(specs[section]))
-                if hint is None:
-                    other = [s for s, keys in specs.items() if name in keys]
-                    hint = f"`{name}` belongs under [{other[0]}]" if other else None
-                raise ConfigError(where, f"[{section}] {name}", "unknown key", hint)
+                raise ConfigError(where, f"[{section}] {name}", "unknown key", _unknown_key_hint(section, name, specs))
     _check_required(specs, raw, where)
     sections = {}
     for section, cls in SECTIONS.items():
@@ -417,7 +483,7 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(where, None, "is a folder, not a TOML file",
                           f"pass the file inside it, e.g. {path / DEFAULT_CONFIG_NAME}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte order mark (Windows editors write one) is no error
     except PermissionError:
         raise ConfigError(where, None, "cannot be read (permission denied)") from None
     except UnicodeDecodeError as exc:
@@ -457,9 +523,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if section not in specs:
             raise ConfigError(where, section, "unknown section", _did_you_mean(section, list(specs)))
         if name not in specs[section]:
+            home = _home_of(section, name, specs)
             close = difflib.get_close_matches(name, list(specs[section]), n=1, cutoff=0.6)
-            raise ConfigError(where, f"[{section}] {name}", "unknown key",
-                              f"did you mean `{section}.{close[0]}`?" if close else None)
+            dotted = ".".join(home) if home else f"{section}.{close[0]}" if close else None
+            raise ConfigError(where, f"[{section}] {name}", "unknown key", f"did you mean `{dotted}`?" if dotted else None)
         spec = specs[section][name]
         if spec.type is str and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # `--set output.name=2024` means the string

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from slothctl.config import Config
-from slothctl.errors import RuntimeFailure, UsageError
+from slothctl.errors import RuntimeFailure, SlothctlError, UsageError
 from slothctl.events import Emit, ignore, status, warning
 from slothctl.model_card import describe_base, read_run, render_card
 from slothctl.runs import RunPaths
 
 WHATS = ("adapter", "merged", "gguf")
-REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Training state that checkpoints carry next to their adapter: not part of a published model.
 TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin"}
 MARKERS = {"adapter": "adapter_config.json", "merged": "config.json"}
@@ -117,6 +116,7 @@ def _adapter_config_for_hub(path: Path, hub_id: str | None) -> bytes | None:
 
 
 def _valid_on_hub(repo_id: str) -> bool:
+    """huggingface_hub's own rules for a repository id ([owner/]name)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -135,7 +135,7 @@ def plan(cfg: Config, repo_id: str | None, *, what: str | None = None, path: Pat
     repo_id = repo_id or cfg.hub.repo_id
     if not repo_id:
         raise UsageError("no repository given", "pass REPO_ID (e.g. me/my-model) or set [hub] repo_id")
-    if not REPO_ID.match(repo_id) or not _valid_on_hub(repo_id):
+    if not _valid_on_hub(repo_id):
         raise UsageError(f"`{repo_id}` is not a Hub repository id", "use owner/name, e.g. me/my-model")
     if what is not None and what not in WHATS:
         raise UsageError(f"--what {what}: expected one of {', '.join(WHATS)}")
@@ -161,27 +161,60 @@ def plan(cfg: Config, repo_id: str | None, *, what: str | None = None, path: Pat
                 branch if branch and branch != "main" else None, rewritten)
 
 
-def _hub_error(exc: Exception, repo_id: str) -> Exception:
-    """huggingface_hub's exceptions as one line a user can act on (they never contain the token)."""
+def _scrub(text: str) -> str:
+    """A message without credentials: the token (and anything shaped like one or sent as a bearer) and
+    query strings, which carry the signatures of pre-signed upload URLs. Servers and proxies may echo
+    either back in an error."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if token:
+        text = text.replace(token, "***")
+    text = re.sub(r"(?i)\b(bearer\s+)\S+", r"\1***", text)
+    text = re.sub(r"\bhf_[A-Za-z0-9]{6,}", "hf_***", text)
+    return re.sub(r"\?[^\s'\"?#=]+=[^\s'\"]*", "?…", text)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+def _hub_error(exc: BaseException, repo_id: str) -> SlothctlError:
+    """huggingface_hub's exceptions as one line a user can act on, with no credential in it."""
+    error = _classify(exc, repo_id)
+    error.message = _scrub(error.message)
+    return error
+
+
+def _classify(exc: BaseException, repo_id: str) -> SlothctlError:
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    if isinstance(exc, RuntimeError) and exc.__cause__ is not None and str(exc).startswith("Error while uploading"):
+        inner = _classify(exc.__cause__, repo_id)  # huggingface_hub wraps the failure of one file's upload
+        what = _first_line(exc)
+        return RuntimeFailure(f"{what[:1].lower()}{what[1:]}: {inner.message}", inner.hint)
     if isinstance(exc, RepositoryNotFoundError):
         return UsageError(f"repository {repo_id} not found, or the token may not write to it",
                           "check the name and that the token has write access")
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         code = exc.response.status_code
+        url = exc.response.url
+        if not (str(url).startswith(constants.ENDPOINT) and (url.path.startswith("/api/") or "/info/lfs/" in url.path)):
+            # a pre-signed storage URL that the Hub handed out for a large file, not the Hub's API
+            return RuntimeFailure(f"the upload storage at {url.host} answered {code}", "try again later")
         if code == 401:
             return UsageError("the Hub rejected the token (401)", "set a valid HF_TOKEN or run `hf auth login`")
         if code == 403:
             return UsageError(f"the token may not write to {repo_id} (403)", "use a token with write access")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return RuntimeFailure(f"the Hub answered {code}: {first}")
+        said = (getattr(exc, "server_message", None) or "").strip()  # the Hub's own words say most
+        return RuntimeFailure(f"the Hub answered {code}: {said.splitlines()[0] if said else _first_line(exc)}")
     import httpx
 
     if isinstance(exc, httpx.TransportError):
-        return RuntimeFailure(f"cannot reach the Hub at {constants.ENDPOINT}: {type(exc).__name__}: {exc}")
-    return RuntimeFailure(f"upload failed: {type(exc).__name__}: {exc}")
+        return RuntimeFailure(f"cannot reach the Hub at {constants.ENDPOINT}: {type(exc).__name__}: {_first_line(exc)}")
+    return RuntimeFailure(f"upload failed: {type(exc).__name__}: {_first_line(exc)}")
 
 
 def push(p: Plan, emit: Emit = ignore, progress_bars: bool = False) -> dict[str, Any]:

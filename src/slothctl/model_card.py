@@ -14,6 +14,7 @@ from typing import Any
 
 from slothctl import models
 from slothctl.config import Config
+from slothctl.runs import adapter_info
 
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 RELATION = {"adapter": "adapter", "merged": "finetune", "gguf": "finetune"}
@@ -98,8 +99,8 @@ def read_run(run_root: Path | None, folder: Path) -> RunInfo:
         if (run_root / "summary.json").is_file():
             info.summary = json.loads((run_root / "summary.json").read_text(encoding="utf-8"))
     for place in [folder] + ([run_root / "adapter"] if run_root is not None else []):
-        if not info.adapter and (place / "slothctl_adapter.json").is_file():
-            info.adapter = json.loads((place / "slothctl_adapter.json").read_text(encoding="utf-8"))
+        if not info.adapter:
+            info.adapter = adapter_info(place)
         if info.chat_template is None:
             info.chat_template = _chat_template(place)
     return info

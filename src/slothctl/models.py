@@ -49,7 +49,7 @@ EMBEDDED = {
     ),
 }
 EMBEDDED_PREFIX = "embedded:"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name: a model or dataset on the Hub
 CONVERSION_VERSION = "1"  # bump when the conversion below changes
 
 
@@ -59,6 +59,23 @@ def cache_root() -> Path:
         return Path(os.environ["SLOTHCTL_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "slothctl"
+
+
+def blocking_file(folder: Path) -> Path | None:
+    """The file that stands where `folder` (or a folder above it) should be, if any: a cache folder
+    cannot be made there, and mkdir would only say "File exists" or "Not a directory"."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def check_cache_folder(folder: Path, variable: str) -> None:
+    """Exit 2 naming the file in the way (and the variable that moves the cache) before anything is made."""
+    blocker = blocking_file(folder)
+    if blocker is not None:
+        raise UsageError(f"the cache folder {folder} cannot be made: {blocker} is a file, not a folder",
+                         f"remove {blocker}, or set {variable} to a folder")
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,45 @@ def resolve(name: str, base_dir: Path | None = None, emit: Emit = ignore) -> Res
         return ResolvedModel(name, name, "hub")
     raise UsageError(f"model `{name}` is neither a local folder nor a hub id (org/name) nor an embedded model",
                      f"embedded models: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED)}")
+
+
+def _model_config(path: str, revision: str = "") -> dict | None:
+    """config.json of a local folder, or of a hub model already in the local Hugging Face cache (no
+    network: a model not downloaded yet is checked by transformers when it loads)."""
+    folder = Path(path)
+    if folder.is_dir():
+        found: str | Path | None = folder / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json", revision=revision or None)
+    try:
+        data = json.loads(Path(found).read_text(encoding="utf-8")) if isinstance(found, (str, Path)) else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_remote_code(path: str, trust_remote_code: bool, revision: str = "") -> None:
+    """Exit 2 before anything is written when the model's architecture is only in its own Python files
+    (config.json `auto_map`, for a model type transformers does not know) and [model] trust_remote_code
+    is false; transformers would refuse at load time, naming its Python argument instead of our key."""
+    if trust_remote_code:
+        return
+    data = _model_config(path, revision)
+    auto_map = data.get("auto_map") if data else None
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if data.get("model_type") in CONFIG_MAPPING_NAMES:  # transformers has the architecture itself
+        return
+    reference = auto_map.get("AutoConfig") or next(iter(auto_map.values()))
+    reference = reference[0] if isinstance(reference, list) else str(reference)
+    module = reference.split("--")[-1].rsplit(".", 1)[0]
+    raise UsageError(f"model {path} runs its own Python code ({module}.py, type "
+                     f"`{data.get('model_type')}`) and [model] trust_remote_code is false",
+                     "read that code, then set trust_remote_code = true under [model] if you trust its authors")
 
 
 def embedded_gguf_path(model_id: str) -> Path:
@@ -131,6 +187,7 @@ def ensure_embedded(model_id: str, emit: Emit = ignore) -> Path:
     target = embedded_dir(model_id)
     if (target / "slothctl_embedded.json").is_file():
         return target
+    check_cache_folder(target.parent, "SLOTHCTL_CACHE")
     with _file_lock(target.with_suffix(".lock")):
         if (target / "slothctl_embedded.json").is_file():  # another process finished meanwhile
             return target
@@ -165,13 +222,12 @@ def _convert_gguf(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     tokenizer.eos_token = spec.eos_token
     tokenizer.pad_token = spec.pad_token
     tokenizer.clean_up_tokenization_spaces = False  # destructive for BPE tokenizers, and warns at every load
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.hf_quantizer = None
     model.config.eos_token_id = eos_id
     model.config.pad_token_id = pad_id
-    model.config._name_or_path = EMBEDDED_PREFIX + next(k for k, v in EMBEDDED.items() if v is spec)
+    model.config.name_or_path = EMBEDDED_PREFIX + next(k for k, v in EMBEDDED.items() if v is spec)
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
     model.save_pretrained(out)
@@ -183,3 +239,25 @@ def _convert_gguf(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     (out / "slothctl_embedded.json").write_text(json.dumps({
         "source": str(gguf), "package": spec.package, "description": spec.description,
         "conversion_version": CONVERSION_VERSION}, indent=2) + "\n")
+
+
+def architecture(path: str, revision: str = "", trust_remote_code: bool = False):
+    """The model as its config.json describes it, built on the meta device: every layer and parameter
+    shape, no weight loaded (a quantized checkpoint counts as its unquantized architecture, which is
+    what LoRA trains on and a merge writes). None when the config cannot be read; callers then skip
+    their estimate rather than refuse on a guess."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision or None, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an unknown architecture, a missing or gated config: no estimate
+        return None
+
+
+def parameter_count(path: str, revision: str = "", trust_remote_code: bool = False) -> int | None:
+    """Parameters of the model (shared ones once), from its architecture."""
+    model = architecture(path, revision, trust_remote_code)
+    return None if model is None else sum(p.numel() for p in model.parameters())

@@ -2,14 +2,14 @@
 
     runs/<name>/
       config.toml      the resolved config, exactly as trained
-      checkpoint-N/    complete checkpoints only (each ends with slothctl_checkpoint.json)
+      checkpoint-N/    checkpoints; one counts once slothctl_checkpoint.json, written last, is in it
       adapter/         final LoRA adapter + tokenizer + chat template
       merged/, gguf/   written by merge and export
       metrics.jsonl    one line per logged step and eval, append-only
       summary.json     final numbers, timings, library versions
       tensorboard/     event files when [train] report_to = "tensorboard"
 
-Everything is written to a temporary name first and renamed, so a reader never sees half a file.
+Everything else is written to a temporary name first and renamed, so a reader never sees half a file.
 metrics.jsonl is never rewritten: a resumed run appends a `{"event": "resume", "step": k}` line,
 which voids the earlier lines with a step above k (steps a killed run logged after its last
 checkpoint); `read_metrics` applies that rule.
@@ -95,13 +95,20 @@ class RunPaths:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    return (path / CHECKPOINT_INFO).is_file()
+    """A checkpoint folder counts once its marker (written last, atomically) is there and readable."""
+    try:
+        return isinstance(json.loads((path / CHECKPOINT_INFO).read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted."""
+    """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted.
+    The marker goes first, so a deletion cut short never leaves a partial folder that counts."""
     old = [path for _, path in paths.checkpoints()[:-keep or None]] if keep > 0 else []
     for path in old:
+        (path / CHECKPOINT_INFO).unlink(missing_ok=True)
+        fsync_dir(path)
         shutil.rmtree(path, ignore_errors=True)
     return old
 
@@ -261,6 +268,16 @@ def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+FREE_BYTES_ENV = "SLOTHCTL_FREE_BYTES"  # pretend only this many bytes are free (tests the disk checks)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds (or will hold) `path`: what every disk check compares with."""
+    if os.environ.get(FREE_BYTES_ENV):
+        return int(os.environ[FREE_BYTES_ENV])
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def adapter_info(adapter: Path) -> dict:

@@ -55,7 +55,7 @@ class Backend(Protocol):
         """The model with trainable LoRA layers made from `lora_arguments(lora)`."""
         ...
 
-    def trainer_overrides(self) -> dict[str, Any]:
+    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
         """This backend's changes to the shared trainer arguments (training/arguments.py)."""
         ...
 

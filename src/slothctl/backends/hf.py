@@ -93,9 +93,12 @@ class HFBackend:
             model.enable_input_require_grads()
         return model
 
-    def trainer_overrides(self) -> dict[str, Any]:
-        """Nothing to change in the shared trainer arguments."""
-        return {}
+    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
+        """TRL's dataset preparation is skipped unless it packs: our rows already carry their labels, are
+        truncated to max_length and all have a trained token, which is all it would do, row by row in
+        Python over the whole dataset (three `map`/`filter` passes). (Unsloth's trainer replaces that
+        preparation with its own, which returns such a dataset as it is.)"""
+        return {} if packing else {"dataset_kwargs": {"skip_prepare_dataset": True}}
 
     def load_adapter(self, model: ModelConfig, path: str, adapter: str, options: LoadOptions,
                      emit: Emit = ignore) -> tuple[Any, Any]:

@@ -1,41 +1,55 @@
-"""The command tree. Read top to bottom, it is the table of contents of slothctl."""
+"""The command tree. Read top to bottom, it is the table of contents of slothctl.
+
+Commands load when used (see cli/commands.py): the summaries below are what `slothctl --help`
+lists, and a test checks that each is the first line of its command's help.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Annotated, Optional
 
 import typer
 
-try:  # typer >= 0.24 vendors click
+try:  # typer >= 0.24 vendors click: its exceptions are the ones raised (the one use of typer._click)
+    from typer._click import echo
     from typer._click import exceptions as click_exceptions
     from typer._click.core import Command
 except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import echo
     from click import exceptions as click_exceptions
     from click.core import Command
 
 from slothctl import __version__
 from slothctl.cli import output
-from slothctl.cli.chat import chat
-from slothctl.cli.data import data_app
-from slothctl.cli.doctor import doctor
-from slothctl.cli.export import export_app
-from slothctl.cli.init import init
-from slothctl.cli.merge import merge
-from slothctl.cli.push import push
-from slothctl.cli.resume import resume
-from slothctl.cli.train import train
+from slothctl.cli.commands import LazyCommands, epilog, new_app
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
 
-app = typer.Typer(
+COMMANDS = {  # name: ("module:command", summary)
+    "init": ("slothctl.cli.init:init", "Create a project: DIR/slothctl.toml from a template, every key documented."),
+    "data": ("slothctl.cli.data:data_app", "Look at the training data and format it once for train."),
+    "train": ("slothctl.cli.train:train", "Train a LoRA adapter: checkpoints, adapter/ and summary.json go to "
+                                          "runs/<name>/."),
+    "resume": ("slothctl.cli.resume:resume", "Continue an interrupted run from its newest complete checkpoint to "
+                                             "the configured end."),
+    "chat": ("slothctl.cli.chat:chat", "Chat with the tuned model (the run's adapter on its base model), a merged "
+                                       "model or a GGUF file."),
+    "merge": ("slothctl.cli.merge:merge", "Merge the LoRA adapter into its base model: safetensors, tokenizer, "
+                                          "generation config, checked."),
+    "export": ("slothctl.cli.export:export_app", "Export the trained model: a merged folder, or GGUF files with an "
+                                                 "Ollama Modelfile."),
+    "push": ("slothctl.cli.push:push", "Upload the run's adapter (or merged model, or GGUF files) with a model card, "
+                                       "private by default."),
+    "pull": ("slothctl.cli.pull:pull", "Download a run folder from the [remote] runs volume, so chat, merge, export "
+                                       "and push work on it here."),
+    "doctor": ("slothctl.cli.doctor:doctor", "Check the installation: libraries, CUDA, Unsloth, the bundled model "
+                                             "and the GGUF tools."),
+}
+
+app = new_app(
     name="slothctl",
-    help="Fine-tune open LLMs with LoRA/QLoRA from one TOML file: init → train → chat → export → push.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -46,52 +60,69 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(epilog=epilog(("slothctl init demo --example", "a project with a small bundled dataset"),
+                            ("cd demo && slothctl train --max-steps 20", "a short real training"),
+                            ("slothctl chat -p 'Why are sloths slow?'", "one answer from the tuned model")))
 def root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    """Fine-tune open LLMs with LoRA/QLoRA from one TOML file."""
-
-
-app.command()(init)
-app.add_typer(data_app, name="data")
-app.command()(train)
-app.command()(resume)
-app.command()(chat)
-app.command()(merge)
-app.add_typer(export_app, name="export")
-app.command()(push)
-app.command()(doctor)
+    """Fine-tune open LLMs with LoRA/QLoRA from one TOML file: init → train → chat → export → push."""
 
 
 def command() -> Command:
-    return typer.main.get_command(app)
+    group = typer.main.get_command(app)
+    group.commands = LazyCommands(COMMANDS)
+    return group
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; every failure ends as one line on stderr and an exit code (0/1/2/130)."""
+    """Run the CLI; every failure ends as one `Error:` line (and a `Hint:` line) on stderr and an
+    exit code (0/1/2/130); in --json mode also as an error event on stdout."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    output.current = output.Output(output.mode_from_args(args))  # so that usage errors use the mode too
+    code = EXIT_RUNTIME
     try:
-        code = command().main(args=argv, prog_name="slothctl", standalone_mode=False)
+        code = command().main(args=args, prog_name="slothctl", standalone_mode=False)
     except typer.Abort:
         code = EXIT_INTERRUPTED
     except click_exceptions.NoArgsIsHelpError as exc:
-        print(exc.ctx.get_help() if exc.ctx else "Usage: slothctl COMMAND --help", file=sys.stderr)
+        echo(exc.ctx.get_help() if exc.ctx else "Usage: slothctl COMMAND --help", err=True)
         code = EXIT_USAGE
     except click_exceptions.ClickException as exc:  # usage errors: unknown option, bad value
-        output.current.error(" ".join(exc.format_message().replace("Value error, ", "").split()), EXIT_USAGE)
-        code = EXIT_USAGE
+        context = getattr(exc, "ctx", None)
+        hint = f"see `{context.command_path} --help`" if context is not None else None
+        code = _fail(" ".join(exc.format_message().replace("Value error, ", "").split()), EXIT_USAGE, hint)
     except SlothctlError as exc:
-        output.current.error(exc.one_line(), exc.exit_code)
-        code = exc.exit_code
+        code = _fail(" ".join(exc.message.rstrip(".").split()), exc.exit_code, exc.hint)
     except KeyboardInterrupt:
-        output.current.error("interrupted", EXIT_INTERRUPTED)
-        code = EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the last resort: one line, details on request
-        if os.environ.get("SLOTHCTL_DEBUG"):
-            traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        output.current.error(f"{type(exc).__name__}: {message} (set SLOTHCTL_DEBUG=1 for the traceback)",
-                             EXIT_RUNTIME)
-        code = EXIT_RUNTIME
+        code = _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
+        code = _unexpected(exc)
+    finally:
+        output.current.close()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, exit_code: int, hint: str | None = None) -> int:
+    output.current.error(message, exit_code, hint)
+    return exit_code
+
+
+def _unexpected(exc: Exception) -> int:
+    """A third-party exception: the table's line and hint, or "TypeName: message"; with
+    SLOTHCTL_DEBUG set, the traceback first (and no hint to set it)."""
+    from slothctl.cli.failures import explain
+
+    debug = bool(os.environ.get("SLOTHCTL_DEBUG"))
+    if debug:
+        import traceback
+
+        output.current.close()
+        traceback.print_exc()
+    known = explain(exc)
+    if known is not None:
+        return _fail(known.message, known.exit_code, known.hint)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return _fail(f"{type(exc).__name__}: {message}", EXIT_RUNTIME,
+                 None if debug else "set SLOTHCTL_DEBUG=1 to see the traceback")

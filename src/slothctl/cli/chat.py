@@ -8,15 +8,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from slothctl.cli.common import (DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config_or_defaults,
-                                 start)
+from slothctl.cli.commands import examples
+from slothctl.cli.common import (DEFAULT_CONFIG, ConfigOption, JsonOption, QuietOption, SetOption,
+                                 load_config_or_defaults, start)
 from slothctl.cli.output import Output
 from slothctl.errors import SlothctlError, UsageError
 from slothctl.events import Event
 
-GEN = "Generation (defaults from \\[chat])"
+GEN = "Generation (defaults from [chat])"
 
 
+@examples(("slothctl chat", "talk to the tuned model (/help lists the commands)"),
+          ("slothctl chat -p 'Why are sloths slow?' --temperature 0", "one reproducible answer, for scripts"),
+          ("slothctl chat --compare -p 'Hello'", "the base and the tuned model, side by side"))
 def chat(
     config: ConfigOption = DEFAULT_CONFIG,
     sets: SetOption = None,
@@ -42,20 +46,22 @@ def chat(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.", rich_help_panel=GEN)] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", rich_help_panel=GEN)] = None,
     json_mode: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Chat with the tuned model (the run's adapter on its base model), a merged model or a GGUF file."""
-    out = start(json_mode)
-    flags = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "min_p": min_p,
-             "repetition_penalty": repetition_penalty, "seed": seed}
-    extra = [f"chat.{name}={value}" for name, value in flags.items() if value is not None]
-    cfg = load_config_or_defaults(config, sets, extra, standalone=gguf is not None or model is not None)
+    out = start(json_mode, quiet, aside_events=True)  # stdout: the answers only
+    flags = {"--max-new-tokens": ("chat.max_new_tokens", max_new_tokens),
+             "--temperature": ("chat.temperature", temperature), "--top-p": ("chat.top_p", top_p),
+             "--min-p": ("chat.min_p", min_p), "--repetition-penalty": ("chat.repetition_penalty", repetition_penalty),
+             "--seed": ("chat.seed", seed)}
+    cfg = load_config_or_defaults(config, sets, flags, standalone=gguf is not None or model is not None)
     if system is not None:
         cfg.chat.system_prompt = system
     from slothctl import chat as chat_lib
 
     prompts = _read_prompts(prompt)
     target = chat_lib.resolve_target(cfg, adapter=adapter, model=model, gguf=gguf, checkpoint=checkpoint)
-    chats = chat_lib.open_chats(cfg, target, compare=compare, emit=lambda ev: _notice(out, ev))
+    chats = chat_lib.open_chats(cfg, target, compare=compare, emit=out.event)
     if prompts:
         for text in prompts:
             if not _turn(out, chats, text, stream=not json_mode and not compare):
@@ -74,30 +80,16 @@ def _read_prompts(prompts: list[str] | None) -> list[str]:
     return texts
 
 
-def _notice(out: Output, event: Event) -> None:
-    """Loading progress and warnings go to stderr, so stdout holds nothing but answers (or their JSON)."""
-    if event.kind == "warning":
-        out.err.print(f"[yellow]warning:[/] {event.message}", soft_wrap=True)
-    elif event.message:
-        out.err.print(f"[dim]{event.message}[/]", soft_wrap=True)
-
-
-def _stream(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def _turn(out: Output, chats, text: str, stream: bool) -> bool:
     """Answer one prompt with every chat (one, or base and tuned); False when Ctrl-C cut it short."""
     replies = []
     for chat in chats:
-        reply = chat.ask(text, on_text=_stream if stream else None)
+        reply = chat.ask(text, on_text=out.stream if stream else None)
         replies.append((chat, reply))
         if reply.finish_reason == "interrupted":
             break
     if stream:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        out.stream("\n")
     if out.json_mode:
         if len(chats) == 1:
             out.json({"prompt": text, **replies[0][1].to_json(), "model": chats[0].label})
@@ -107,7 +99,7 @@ def _turn(out: Output, chats, text: str, stream: bool) -> bool:
         _side_by_side(out, replies)
     interrupted = replies[-1][1].finish_reason == "interrupted"
     if interrupted:
-        out.err.print("[dim](interrupted)[/]")
+        out.note("(interrupted)")
     return not interrupted
 
 
@@ -119,9 +111,9 @@ def _side_by_side(out: Output, replies) -> None:
     grid = Table.grid(expand=True, padding=(0, 1))
     for _ in replies:
         grid.add_column(ratio=1)
-    grid.add_row(*[Panel(Text(reply.text), title=chat.name, title_align="left",
-                         subtitle=f"{reply.tokens} tokens, {reply.seconds:.1f}s") for chat, reply in replies])
-    out.out.print(grid)
+    grid.add_row(*[Panel(Text(reply.text), title=Text(chat.name), title_align="left",
+                         subtitle=Text(f"{reply.tokens} tokens, {reply.seconds:.1f}s")) for chat, reply in replies])
+    out.result(None, grid)
 
 
 def _repl(out: Output, chats) -> None:
@@ -137,24 +129,25 @@ def _repl(out: Output, chats) -> None:
             import readline  # noqa: F401 - importing it gives input() arrow keys and history
         except ImportError:
             pass
-        out.err.print("Type a message; /help lists the commands, Ctrl-D leaves.")
+        out.note("Type a message; /help lists the commands, Ctrl-D leaves.")
     prompt = ">>> " if interactive and sys.stdout.isatty() and not out.json_mode else ""
 
     def notice(kind: str, message: str, **data) -> None:
+        """A reply of the REPL itself: part of the JSON stream, an aside on stderr for people."""
         if out.json_mode:
             out.json({"event": kind, **data, "message": message})
         else:
-            out.err.print(f"[dim]{message}[/]", soft_wrap=True)
+            out.event(Event(kind, data, message))
 
     while True:
         try:
             line = input(prompt) if interactive else sys.stdin.readline()
         except EOFError:
             if prompt:
-                sys.stdout.write("\n")  # leave the terminal on a fresh line
+                out.stream("\n")  # leave the terminal on a fresh line
             break
         except KeyboardInterrupt:
-            out.err.print("\n[dim](Ctrl-D or /exit to leave)[/]")
+            out.note("\n(Ctrl-D or /exit to leave)")
             continue
         if not interactive and line == "":
             break  # end of the pipe
@@ -165,7 +158,7 @@ def _repl(out: Output, chats) -> None:
             try:
                 _turn(out, chats, user_text(line), stream=not out.json_mode and len(chats) == 1)
             except KeyboardInterrupt:
-                out.err.print("[dim](interrupted)[/]")
+                out.note("(interrupted)")
             except SlothctlError as exc:  # one bad turn (too long a prompt) does not end the session
                 notice("error", exc.one_line())
             continue

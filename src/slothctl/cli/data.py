@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.commands import epilog, examples, new_app, register
+from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, QuietOption, SetOption, load_config, start
 
-data_app = typer.Typer(name="data", help="Look at the training data and format it once for train.",
-                       no_args_is_help=True)
+data_app = new_app(name="data", help="Look at the training data and format it once for train.", no_args_is_help=True,
+                   epilog=epilog(("slothctl data inspect --show 2", "the project's data as train sees it, two rows shown"),
+                                 ("slothctl data format", "tokenize once into the cache that train uses")))
 
 SourceArgument = Annotated[Optional[Path], typer.Argument(
     help="Data file or folder to use instead of the project's data.source (relative to here).", show_default=False)]
@@ -20,26 +21,6 @@ ModelOption = Annotated[Optional[str], typer.Option(
     "--model", help="Model whose tokenizer and chat template to use (needed without a project file).")]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Fail on rows that would be dropped (invalid, empty, nothing to train on).")]
-
-
-@contextlib.contextmanager
-def progress(out) -> Iterator:
-    """An `emit` for the data commands: warnings on stderr; progress only as a transient spinner on a
-    terminal, since the result repeats what matters (detection, cache) and an error must stay one line."""
-    def warn(event) -> None:
-        if event.kind == "warning":
-            out.err.print(f"[yellow]warning:[/] {event.message}")
-
-    if out.json_mode or not out.err.is_terminal:
-        yield warn
-        return
-    with out.err.status("Reading the data…") as spinner:
-        def emit(event) -> None:
-            warn(event)
-            if event.kind == "status" and event.message:
-                spinner.update(event.message)
-
-        yield emit
 
 
 def data_config(config: Path, sets: list[str] | None, source: Path | None, model: str | None):
@@ -65,6 +46,10 @@ def data_config(config: Path, sets: list[str] | None, source: Path | None, model
     return cfg
 
 
+@examples(("slothctl data inspect", "the project's data, as train will see it"),
+          ("slothctl data inspect chat.jsonl --model embedded:smollm2-135m --show 2",
+           "any file, without a project; two rows with the trained tokens highlighted"),
+          ("slothctl data inspect --strict --json", "fail on rows that would be dropped; the report as JSON"))
 def inspect(
     source: SourceArgument = None,
     config: ConfigOption = DEFAULT_CONFIG,
@@ -74,19 +59,21 @@ def inspect(
                                       help="Render N examples with the trained tokens highlighted.")] = 0,
     strict: StrictOption = False,
     json_mode: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Report what the model will be trained on: format, roles, token lengths, truncation, mask, problems."""
-    out = start(json_mode)
+    out = start(json_mode, quiet, aside_events=True)
     cfg = data_config(config, sets, source, model)
     from slothctl.data.commands import inspect as inspect_data
 
-    with progress(out) as emit:
-        report = inspect_data(cfg, show=show, strict=strict or None, emit=emit)
+    report = inspect_data(cfg, show=show, strict=strict or None, emit=out.event)
     from slothctl.cli.data_view import render_report
 
     out.result(report, render_report(report))
 
 
+@examples(("slothctl data format", "format and tokenize the project's data into the cache"),
+          ("slothctl data format --out review.jsonl", "also write the rendered texts, to read them"))
 def format(  # noqa: A001 - the command's name
     source: SourceArgument = None,
     config: ConfigOption = DEFAULT_CONFIG,
@@ -96,18 +83,18 @@ def format(  # noqa: A001 - the command's name
                                                      help="Also write the rendered texts there, for review.")] = None,
     strict: StrictOption = False,
     json_mode: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Format and tokenize the data into the cache that train uses (a hit when nothing changed)."""
-    out = start(json_mode)
+    out = start(json_mode, quiet, aside_events=True)
     cfg = data_config(config, sets, source, model)
     from slothctl.data.commands import format_data
 
-    with progress(out) as emit:
-        result = format_data(cfg, out=out_file, strict=strict or None, emit=emit)
+    result = format_data(cfg, out=out_file, strict=strict or None, emit=out.event)
     from slothctl.cli.data_view import render_format
 
     out.result(result, render_format(result))
 
 
-data_app.command("inspect")(inspect)
-data_app.command("format")(format)
+register(data_app, inspect, "inspect")
+register(data_app, format, "format")

@@ -19,10 +19,20 @@ def _rows(numbers: list[int], limit: int = 12) -> str:
     return shown + (f", … ({len(numbers)} in all)" if len(numbers) > limit else "")
 
 
+class _Grid:
+    """Two columns of plain text (a str is wrapped in Text, so that file names are never markup)."""
+
+    def __init__(self):
+        self.table = Table.grid(padding=(0, 2))
+        self.table.add_column(style="bold")
+        self.table.add_column()
+
+    def add_row(self, label: str, value: str | Text) -> None:
+        self.table.add_row(Text(label), Text(value) if isinstance(value, str) else value)
+
+
 def _summary(r: dict) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid = _Grid()
     template = r["chat_template"]
     grid.add_row("source", f"{r['source']} ({_count(r['rows'])})")
     grid.add_row("format", r["detection"])
@@ -62,7 +72,7 @@ def _summary(r: dict) -> Table:
     if "cache" in r:
         grid.add_row("cache", "formatted: train will use the cache" if r["cache"]["formatted"]
                      else "not formatted yet (slothctl data format, or train does it)")
-    return grid
+    return grid.table
 
 
 def _example(e: dict) -> Text:
@@ -83,12 +93,12 @@ def render_report(r: dict) -> Group:
     return Group(*parts)
 
 
-def render_format(r: dict) -> str:
-    state = "[green]cache hit[/]" if r["hit"] else "cache miss: formatted"
-    lines = [f"{state}: {r['rows']} rows → {r['train_rows']} train, {r['eval_rows']} eval "
+def render_format(r: dict) -> list:
+    state = ("cache hit", "green") if r["hit"] else "cache miss: formatted"
+    lines = [f": {r['rows']} rows → {r['train_rows']} train, {r['eval_rows']} eval "
              f"({r['invalid']} invalid, {r['no_trained_tokens']} without trained tokens, {r['truncated']} truncated "
              f"at {r['max_seq_length']} tokens)", f"Cache: {r['cache']}"]
     if r.get("out"):
         lines.append(f"Rendered texts: {r['out']}")
     lines.append("Next: slothctl train")
-    return "\n".join(lines)
+    return [state, "\n".join(lines)]

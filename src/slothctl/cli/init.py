@@ -7,11 +7,15 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from slothctl.cli.common import JsonOption, SetOption, start
+from slothctl.cli.commands import examples
+from slothctl.cli.common import JsonOption, QuietOption, SetOption, start
 
 Template = Literal["chat", "alpaca", "qlora-8b"]  # the presets of slothctl.project
 
 
+@examples(("slothctl init demo --example", "a project with a small bundled dataset, ready to train"),
+          ("slothctl init . --template qlora-8b --dataset data/chat.jsonl", "QLoRA on an 8B model, your data"),
+          ("slothctl init . --force --set lora.r=32", "rewrite slothctl.toml here with one value changed"))
 def init(
     directory: Annotated[Path, typer.Argument(help="Project folder (created if missing).")] = Path("."),
     template: Annotated[Template, typer.Option("--template", "-t", help="Starting point.")] = "chat",
@@ -23,17 +27,18 @@ def init(
                                                    "(default: DIR/slothctl.toml).")] = None,
     sets: SetOption = None,
     json_mode: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Create a project: DIR/slothctl.toml from a template, every key documented."""
-    out = start(json_mode)
+    out = start(json_mode, quiet)
     from slothctl.project import init_project
 
     written = init_project(directory, preset=template, model=model, dataset=dataset, example=example,
                            force=force, target=config, overrides=sets or [])
-    lines = [f"[green]Created[/] {written['config']} (template: {written['template']})"]
+    parts: list = [("Created", "green"), f" {written['config']} (template: {written['template']})\n"]
     if written["data"]:
-        lines.append(f"[green]Created[/] {written['data']} (example dataset)")
+        parts += [("Created", "green"), f" {written['data']} (example dataset)\n"]
     folder = Path(written["config"]).parent
     cd = "" if folder.resolve() == Path.cwd().resolve() else f"cd {folder} && "
-    lines.append(f"Next: {cd}slothctl train")
-    out.result(written, "\n".join(lines))
+    parts.append(f"Next: {cd}slothctl train")
+    out.result(written, parts)

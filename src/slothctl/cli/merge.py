@@ -7,7 +7,9 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, SetOption, load_config, start
+from slothctl.cli.commands import examples
+from slothctl.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, QuietOption, SetOption, load_config, start
+from slothctl.cli.remote import DetachOption, RemoteOption
 
 Precision = Literal["16bit", "32bit", "4bit", "lora"]  # slothctl.export.merge.PRECISIONS
 
@@ -19,6 +21,9 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace the output f
 NoCheckOption = Annotated[bool, typer.Option("--no-check", help="Skip the fidelity check (fresh process).")]
 
 
+@examples(("slothctl merge", "runs/<name>/merged: 16-bit safetensors, checked against the adapter"),
+          ("slothctl merge --checkpoint 40 -o merged-40", "merge checkpoint-40 into another folder"),
+          ("slothctl merge --precision 32bit --force", "exact float32 weights, replacing the folder"))
 def merge(
     config: ConfigOption = DEFAULT_CONFIG,
     sets: SetOption = None,
@@ -31,19 +36,28 @@ def merge(
                             "(same as --set export.precision=...).")] = None,
     force: ForceOption = False,
     no_check: NoCheckOption = False,
+    remote: RemoteOption = None,
+    detach: DetachOption = False,
     json_mode: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Merge the LoRA adapter into its base model: safetensors, tokenizer, generation config, checked."""
-    out_ = start(json_mode)
-    cfg = load_config(config, sets, [f"export.precision={precision}"] if precision else None)
+    out_ = start(json_mode, quiet)
+    cfg = load_config(config, sets, {"--precision": ("export.precision", precision)})
+    if remote or detach:
+        from slothctl.cli.remote import remote_flags, run_remotely
+
+        return run_remotely(out_, cfg, remote, "merge", detach=detach, sets=sets, local_only={"--adapter": adapter,
+                            "--out": out}, args=remote_flags(precision=precision, checkpoint=checkpoint, force=force,
+                                                             no_check=no_check))
     from slothctl.export.merge import check_summary, merge as run_merge
 
     result = run_merge(cfg, adapter=adapter, checkpoint=checkpoint, out=out, force=force, check=not no_check,
                        emit=out_.event)
-    text = f"[green]Merged[/]: {result.out} ({result.precision}"
+    text = f": {result.out} ({result.precision}"
     text += f", {result.dtype}" if result.dtype else ""
     text += f", {result.seconds:.0f}s)"
     if result.check:
         text += "\n" + check_summary(result.check)
     text += "\nNext: slothctl export gguf"
-    out_.result({"event": "done", **result.to_json()}, text)
+    out_.result({"event": "done", **result.to_json()}, [("Merged", "green"), text])

@@ -7,11 +7,12 @@
     encode.py         cut rendered rows into trained / untrained segments and tokenize them
     pipeline.py       `prepare`: all of the above for one config, with counts of dropped rows
     report.py         the numbers `data inspect` shows
+    tables.py         the rows as Arrow (what the trainer reads), their lengths and fingerprint
     cache.py          the formatted-data cache that `data format` writes and `train` reads
     examples.py       examples rendered token by token, for `data inspect --show`
 
 `formatted` is the one entry point of `train` and `data format`: the cached dataset when the
-cache has it, else `prepare` and store.
+cache has it, else `prepare` and store; either way the rows are then memory-mapped from the cache.
 """
 
 from __future__ import annotations
@@ -43,8 +44,15 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     written is a warning (training goes on), or with `must_store` an error."""
     from slothctl.data import cache
     from slothctl.data.sources import fingerprint_source
+    from slothctl.models import blocking_file
 
     strict = cfg.data.strict if strict is None else strict
+    blocker = blocking_file(cache.cache_dir())  # a file where the cache folder goes: say which, before any work
+    fix = f"remove {blocker}, or set SLOTHCTL_DATA_CACHE to a folder" if blocker else \
+        "set SLOTHCTL_DATA_CACHE to a writable folder"
+    if blocker and must_store:
+        raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {blocker} is a file, not a folder",
+                         fix)
     key = _key(cfg, tok, fingerprint_source(cfg.data.source, cfg.project_dir, cfg.data.subset, cfg.data.split))
     found = cache.read(key)
     if found is not None:
@@ -58,12 +66,29 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     try:
         path = cache.write(prepared, key)
     except OSError as exc:  # a full disk or read-only cache costs the caching, not the run
+        problem = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         if must_store:
-            raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {exc.strerror or exc}",
-                             "set SLOTHCTL_DATA_CACHE to a writable folder") from None
-        warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {exc.strerror or exc}")
+            raise UsageError(f"cannot write the data cache in {cache.cache_dir()}: {problem}", fix) from None
+        warning(emit, f"could not store the formatted data in {cache.cache_dir()}: {problem} ({fix})")
         prepared.cache = {"key": key, "path": None, "hit": False}
+        give_back_freed_memory()
         return prepared
-    prepared.cache = {"key": key, "path": str(path), "hit": False}
+    stored = cache.load(path)  # the rows come from the file from now on
+    stored.fingerprint = prepared.fingerprint
+    stored.cache = {"key": key, "path": str(path), "hit": False}
+    del prepared
+    give_back_freed_memory()
     status(emit, f"Formatted data: cache miss, stored in {path}", cache="miss", key=key)
-    return prepared
+    return stored
+
+
+def give_back_freed_memory() -> None:
+    """Hand the memory that preparing freed back to the system. glibc keeps freed heap pages for
+    reuse: after 100k rows were read and tokenized, ~0.7 GB that `train` would carry into the model
+    load and the training. malloc_trim releases them; other C libraries have nothing to call."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

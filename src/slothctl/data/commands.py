@@ -64,16 +64,17 @@ def write_rendered(cfg: Config, tok: TextTokenizer, prepared: Prepared, out: Pat
     template = prepared.template
     end = template.end_of_turn if template else tok.eos_token
     segmenter = Segmenter(template.source if template else None, end, tok, cfg.data.train_on_responses_only)
-    tokens = prepared.tokens
+    lengths = prepared.lengths
     out = out.expanduser().resolve()
     with open_atomic(out) as handle:
-        for i, row in enumerate(prepared.row_numbers.tolist()):
+        for i in prepared.source_order().tolist():
+            row = int(prepared.row_numbers[i])
             standard = formats.standardise(prepared.format, source.rows[row - 1])
             segments = segmenter.text(standard) if isinstance(standard, str) else segmenter.conversation(standard)
-            length = int(tokens.offsets[i + 1] - tokens.offsets[i])
+            length = int(lengths[i])
             handle.write(json.dumps({
                 "row": row, "origin": source.origin[row - 1], "split": "eval" if prepared.is_eval[i] else "train",
-                "tokens": length, "truncated": bool(tokens.full_lengths[i] > length),
+                "tokens": length, "truncated": bool(prepared.full_lengths[i] > length),
                 "text": "".join(text for text, _ in segments),
                 "trained": [text for text, trained in segments if trained and text]},
                 ensure_ascii=False) + "\n")

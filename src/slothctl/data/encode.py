@@ -75,11 +75,33 @@ class Tokenized:
             counts[filled] = np.add.reduceat(self.trained, self.offsets[:-1][filled], dtype=np.int64)
         return counts
 
-    def select(self, mask: np.ndarray) -> "Tokenized":
-        lengths = self.lengths[mask]
-        keep_tokens = np.repeat(mask, self.lengths)
-        return Tokenized(self.ids[keep_tokens], self.trained[keep_tokens],
-                         np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.full_lengths[mask])
+    def select(self, *masks: np.ndarray) -> "Tokenized":
+        """The rows of each mask in turn, in new arrays."""
+        return Tokenized.assemble([self], *masks)
+
+    @staticmethod
+    def assemble(parts: list["Tokenized"], *masks: np.ndarray) -> "Tokenized":
+        """The rows that each mask selects, mask after mask, in new arrays; a mask runs over the rows
+        of all parts in turn. Each part is dropped from `parts` once copied, so the tokens are held
+        about once on the way, not twice (a concatenation and then a selection)."""
+        bounds = np.cumsum([0] + [len(part) for part in parts]).tolist()
+        lengths = np.concatenate([np.zeros(0, np.int64)] + [part.lengths for part in parts])
+        full_lengths = np.concatenate([np.zeros(0, np.int32)] + [part.full_lengths for part in parts])
+        sizes = [int(lengths[mask].sum()) for mask in masks]
+        ids, trained = np.empty(sum(sizes), np.int32), np.empty(sum(sizes), bool)
+        cursors = np.cumsum([0] + sizes[:-1]).tolist()
+        for index, (low, high) in enumerate(zip(bounds, bounds[1:])):
+            part = parts[index]
+            for group, mask in enumerate(masks):
+                keep_tokens = np.repeat(mask[low:high], part.lengths)
+                count = int(np.count_nonzero(keep_tokens))
+                np.compress(keep_tokens, part.ids, out=ids[cursors[group]:cursors[group] + count])
+                np.compress(keep_tokens, part.trained, out=trained[cursors[group]:cursors[group] + count])
+                cursors[group] += count
+            parts[index] = None
+        kept = np.concatenate([lengths[mask] for mask in masks])
+        return Tokenized(ids, trained, np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
+                         np.concatenate([full_lengths[mask] for mask in masks]))
 
     def example(self, i: int) -> Encoded:
         start, end = self.offsets[i], self.offsets[i + 1]

@@ -28,10 +28,10 @@ def spans(tok: TextTokenizer, ids: list[int], trained: list[bool]) -> list[dict]
 
 
 def examples(prepared: Prepared, tok: TextTokenizer, count: int) -> list[dict]:
-    """The first `count` kept rows, token spans included."""
+    """The first `count` kept rows (in source order), token spans included."""
     tokens = prepared.tokens
     shown = []
-    for i in range(min(count, len(tokens))):
+    for i in prepared.source_order()[:count].tolist():
         start, end = tokens.offsets[i], tokens.offsets[i + 1]
         row = int(prepared.row_numbers[i])
         shown.append({

@@ -46,6 +46,11 @@ _EXPECTED = {
 }
 
 
+EMPTY_ROW = "is empty"
+EMPTY_REPLY = "has an empty assistant reply"  # training on it teaches the model to say nothing
+EMPTY_REASONS = (EMPTY_ROW, EMPTY_REPLY)
+
+
 class RowError(ValueError):
     """A row that cannot be standardised; the message says why (the caller adds the row number)."""
 
@@ -117,13 +122,14 @@ def columns_of(rows: list[dict], limit: int = 1000) -> list[str]:
     return sorted({str(col) for row in rows[:limit] for col in row})
 
 
-def detect(rows: list[dict], forced: str = "auto", sample: int = 2000) -> Detection:
+def detect(rows: list[dict], forced: str = "auto", sample: int = 2000, where: str = "") -> Detection:
     """Pick the format that most rows match (or check the forced one); explain the choice.
 
     The choice is made on an even sample of rows; the rows of the chosen format are then counted
-    over the whole dataset for the explanation."""
+    over the whole dataset for the explanation. `where` (the file or dataset) starts every error."""
+    at = f"{where}: " if where else ""
     if not rows:
-        raise DataError("the dataset has no rows")
+        raise DataError(f"{at}the dataset has no rows")
     candidates = FORMATS if forced == "auto" else (forced,)
     picked = rows if len(rows) <= sample else rows[:: max(1, len(rows) // sample)]
     counts = {fmt: sum(1 for row in picked if _matches(fmt, row)) for fmt in candidates}
@@ -135,25 +141,25 @@ def detect(rows: list[dict], forced: str = "auto", sample: int = 2000) -> Detect
         guesses = _misspelled(found_columns)
         fix = f"did you mean {' '.join(guesses)} " if guesses else ""
         if forced != "auto":
-            raise DataError(f"format = \"{forced}\" does not match the data: no row has {_EXPECTED[forced]} "
+            raise DataError(f"{at}format = \"{forced}\" does not match the data: no row has {_EXPECTED[forced]} "
                             f"(columns found: {found})",
                             f"{fix}remove the format override, or map columns with [data] columns = "
                             "{ old = \"new\" }")
         expected = "; ".join(f"{fmt}: {cols}" for fmt, cols in _EXPECTED.items())
-        raise DataError(f"cannot tell the data format: columns found: {found}; expected one of: {expected}",
+        raise DataError(f"{at}cannot tell the data format: columns found: {found}; expected one of: {expected}",
                         f"{fix}rename columns with [data] columns = {{ old = \"new\" }} or set [data] format")
     verb = "detected" if forced == "auto" else "format"
     return Detection(best, f"{verb} {best}: {_evidence(best, rows)} in {matching}/{len(rows)} rows")
 
 
-def rename_columns(rows: list[dict], mapping: dict[str, str]) -> None:
+def rename_columns(rows: list[dict], mapping: dict[str, str], where: str = "") -> None:
     """Apply [data] columns = { old = "new" } in place; a mapped column that no row has is an error."""
     if not mapping:
         return
     present = {col for row in rows for col in row}
     unknown = [old for old in mapping if old not in present]
     if unknown:
-        raise DataError(f"[data] columns maps {', '.join(f'`{c}`' for c in unknown)}, which no row has "
+        raise DataError(f"{where + ': ' if where else ''}[data] columns maps {', '.join(f'`{c}`' for c in unknown)}, which no row has "
                         f"(columns found: {', '.join(sorted(map(str, present))) or 'none'})")
     for i, row in enumerate(rows):
         if any(old in row for old in mapping):
@@ -250,10 +256,12 @@ def standardise(fmt: str, row: dict) -> list[dict] | str:
     result = STANDARDISERS[fmt](row)
     if isinstance(result, str):
         if not result.strip():
-            raise RowError("is empty")
+            raise RowError(EMPTY_ROW)
         return result
     if not any(m["content"].strip() for m in result):
-        raise RowError("is empty")
+        raise RowError(EMPTY_ROW)
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in result):
+        raise RowError(EMPTY_REPLY)
     return result
 
 

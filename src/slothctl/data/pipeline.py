@@ -15,13 +15,15 @@ import math
 import os
 import random
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
 from slothctl.config import Config
-from slothctl.data import formats
+from slothctl.data import formats, tables
 from slothctl.data.encode import Encoded, Segmenter, TemplateFailure, Tokenized, tokenize
 from slothctl.data.report import Problem, build_report
 from slothctl.data.sources import Rows, read_source, resolve_source
@@ -35,19 +37,30 @@ CHUNK = 2048  # rows tokenized per batch call
 
 @dataclass
 class Prepared:
-    """The tokenized dataset: kept rows in flat arrays, the split, and the report about all rows."""
+    """The tokenized dataset: the kept rows (training rows first, then eval rows, each group in
+    source order), the split, and the report about all rows.
+
+    The rows are held either as flat numpy arrays (`arrays`: just prepared) or as the data cache's
+    memory-mapped Arrow table (`mapped`: read from the cache); `tokens` and `table` derive one from
+    the other only when asked. What the trainer needs (`dataset`, `train_lengths`, `train_hash`)
+    never turns rows into Python objects.
+    """
 
     source: str
     format: str
     detection: str
     template: ChatTemplate | None
     rows: int
-    tokens: Tokenized  # the kept rows
     row_numbers: np.ndarray  # 1-based source row of each kept row
-    is_eval: np.ndarray  # per kept row
+    is_eval: np.ndarray  # per kept row: False for the first `train_rows` rows, True for the rest
+    full_lengths: np.ndarray  # per kept row, tokens before truncation
     invalid: list[Problem]
     no_trained_tokens: list[Problem]
     report: dict
+    arrays: Tokenized | None = field(default=None, repr=False)
+    mapped: Any = field(default=None, repr=False)  # pyarrow.Table memory-mapped from `mapped_file`
+    mapped_file: str | None = None
+    stored_train_hash: str | None = None  # the cache stores it, so a hit reads no token to resume
     cache: dict | None = field(default=None)  # {"key", "path", "hit"} once cached
     fingerprint: dict = field(default_factory=dict)  # of the source as read (not cached)
     origins: list[str] = field(default_factory=list)  # of every source row (not cached)
@@ -56,24 +69,84 @@ class Prepared:
     def truncated(self) -> int:
         return self.report["truncated"]
 
-    @cached_property
-    def train(self) -> list[Encoded]:
-        return [self.tokens.example(i) for i in np.flatnonzero(~self.is_eval)]
+    @property
+    def train_rows(self) -> int:
+        return int(np.count_nonzero(~self.is_eval))
+
+    @property
+    def eval_rows(self) -> int:
+        return len(self.is_eval) - self.train_rows
+
+    @property
+    def tokens(self) -> Tokenized:
+        """The kept rows as flat arrays (copied out of the cache file when read from there)."""
+        if self.arrays is None:
+            self.arrays = tables.to_tokenized(self.mapped, self.full_lengths)
+        return self.arrays
+
+    @property
+    def table(self):
+        """The kept rows as an Arrow table with input_ids and labels (see tables.py)."""
+        if self.mapped is None:
+            self.mapped = tables.to_table(self.arrays)
+        return self.mapped
 
     @cached_property
-    def train_lengths(self) -> list[int]:
+    def lengths(self) -> np.ndarray:
+        """Tokens per kept row (after truncation), from offsets only."""
+        return self.arrays.lengths if self.arrays is not None else tables.row_lengths(self.mapped)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
         """Tokens per training row: what batching and the step plan go by."""
-        return self.tokens.lengths[~self.is_eval].tolist()
+        return self.lengths[: self.train_rows]
 
     @cached_property
+    def train_hash(self) -> str:
+        """The fingerprint of the training rows that a checkpoint records (tables.fingerprint)."""
+        if self.stored_train_hash:
+            return self.stored_train_hash
+        return tables.fingerprint(self.tokens, 0, self.train_rows)
+
+    def dataset(self, split: str):
+        """The rows of one split ("train" or "eval") as a `datasets.Dataset` with input_ids and
+        labels, or None when the split is empty. Memory-mapped from the cache file when the rows
+        came from the cache, else over the in-memory arrays; a contiguous slice either way."""
+        import datasets
+
+        start, stop = (0, self.train_rows) if split == "train" else (self.train_rows, len(self.is_eval))
+        if stop == start:
+            return None
+        # What the trainer derives from it (TRL's packing maps it) goes to temporary files, never
+        # into the cache entry, whose folder holds exactly the files its manifest lists.
+        datasets.disable_caching()
+        whole = datasets.Dataset.from_file(self.mapped_file) if self.mapped_file else datasets.Dataset(self.table)
+        return whole if (start, stop) == (0, len(whole)) else whole.select(range(start, stop))
+
+    @property
+    def train(self) -> list[Encoded]:
+        """Training rows as Python lists: for small data and tests only (the trainer uses `dataset`)."""
+        return [self.tokens.example(i) for i in range(self.train_rows)]
+
+    @property
     def eval(self) -> list[Encoded]:
-        return [self.tokens.example(i) for i in np.flatnonzero(self.is_eval)]
+        """Eval rows as Python lists: for small data and tests only."""
+        return [self.tokens.example(i) for i in range(self.train_rows, len(self.is_eval))]
+
+    def source_order(self) -> np.ndarray:
+        """Kept-row positions in source order (for showing rows as the file has them)."""
+        return np.argsort(self.row_numbers, kind="stable")
 
 
-def load_rows(cfg: Config, emit: Emit = ignore) -> Rows:
-    """The source's rows with [data] max_rows and columns applied; an empty dataset is an error."""
+def load_rows(cfg: Config, emit: Emit = ignore, strict: bool = False) -> Rows:
+    """The source's rows with [data] max_rows and columns applied; an empty dataset is an error, and
+    so, with `strict`, is a file that was probably not read as meant (else a warning)."""
     data = cfg.data
     rows = read_source(data.source, cfg.project_dir, data.subset, data.split)
+    for suspect in rows.suspects:
+        if strict:
+            raise suspect
+        warning(emit, suspect.one_line())
     if rows.skipped:
         shown = ", ".join(rows.skipped[:5]) + (f" and {len(rows.skipped) - 5} more" if len(rows.skipped) > 5 else "")
         warning(emit, f"skipped files that are not data: {shown}")
@@ -82,7 +155,7 @@ def load_rows(cfg: Config, emit: Emit = ignore) -> Rows:
     if not rows.rows:
         raise DataError(f"the dataset {data.source} is empty (no rows)",
                         "check the file, or [data] split/subset for a hub dataset")
-    formats.rename_columns(rows.rows, data.columns)
+    formats.rename_columns(rows.rows, data.columns, where=str(resolve_source(data.source, cfg.project_dir)))
     return rows
 
 
@@ -166,13 +239,16 @@ def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk | tuple[str, str | None
 
 def _encode_in_process(work: _Work) -> list[_Chunk]:
     """Chunk by chunk; the tokenizer (native code, free of the GIL) works on one chunk while Python
-    cuts the next."""
+    cuts the next. Each source row is released once it is cut: the rows' Python objects are most of
+    the memory a large dataset takes here."""
     from concurrent.futures import ThreadPoolExecutor
 
     chunks, pending = [], None
     with ThreadPoolExecutor(1) as pool:
         for start in range(0, len(work.rows), CHUNK):
-            chunk, batch = _segment_range(work, start, min(len(work.rows), start + CHUNK))
+            stop = min(len(work.rows), start + CHUNK)
+            chunk, batch = _segment_range(work, start, stop)
+            work.rows[start:stop] = [None] * (stop - start)
             if pending is not None:
                 pending.result()
             pending = pool.submit(_tokenize_into, chunk, batch, work)
@@ -182,22 +258,39 @@ def _encode_in_process(work: _Work) -> list[_Chunk]:
     return chunks
 
 
+@contextmanager
+def tokenizer_threads(on: bool):
+    """The tokenizer's own threads on (a batch is tokenized on every core) or off, whatever
+    TOKENIZERS_PARALLELISM says, and the variable restored afterwards. `train` sets it to false for
+    the trainer's sake before the data is prepared; the `tokenizers` library reads it at each call."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     import multiprocessing
 
     n = len(work.rows)
     if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
-        return _encode_in_process(work)
+        with tokenizer_threads(True):
+            return _encode_in_process(work)
     from concurrent.futures import ProcessPoolExecutor
 
     global _WORK
     size = min(CHUNK * 4, math.ceil(n / num_proc))
     bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker tokenizes on its own core
     _WORK = work
     try:
-        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_encode_in_worker, bounds))
+        context = multiprocessing.get_context("fork")
+        with tokenizer_threads(False), ProcessPoolExecutor(num_proc, mp_context=context) as pool:
+            results = list(pool.map(_encode_in_worker, bounds))  # each worker tokenizes on its own core
         for result in results:
             if isinstance(result, tuple):
                 raise DataError(*result)
@@ -217,8 +310,8 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     """Read, standardise, render, tokenize, mask and split the configured dataset."""
     data = cfg.data
     strict = data.strict if strict is None else strict
-    source = load_rows(cfg, emit)
-    detection = formats.detect(source.rows, data.format)
+    source = load_rows(cfg, emit, strict)
+    detection = formats.detect(source.rows, data.format, where=str(resolve_source(data.source, cfg.project_dir)))
     status(emit, detection.reason)
     template = select_template(cfg, tok) if formats.is_conversational(detection.format) else None
     end = template.end_of_turn if template else tok.eos_token
@@ -232,7 +325,9 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     work = _Work(source.rows, source.origin, detection.format, segmenter, tok, max_length)
     chunks = _encode_all(work, data.num_proc)
 
-    valid = Tokenized.concat([c.tokens for c in chunks])
+    parts = [c.tokens for c in chunks]
+    for chunk in chunks:
+        chunk.tokens = None  # only `parts` holds the tokens from here on
     numbers = np.asarray([n for c in chunks for n in c.row_numbers], dtype=np.int32)
     problems = [p for c in chunks for p in c.problems]
     roles: Counter = sum((c.roles for c in chunks), Counter())
@@ -243,12 +338,13 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
             duplicates.append(number)
         seen.add(key)
 
-    trained = valid.trained_counts()
+    trained = np.concatenate([np.zeros(0, np.int64)] + [part.trained_counts() for part in parts])
     keep = trained > 0
+    full_lengths = np.concatenate([np.zeros(0, np.int32)] + [part.full_lengths for part in parts])
     dropped = [Problem(int(n), source.origin[n - 1],
                        f"nothing to train on in its first {max_length} tokens" if full > max_length
                        else "has no assistant reply to train on")
-               for n, full in zip(numbers[~keep].tolist(), valid.full_lengths[~keep].tolist())]
+               for n, full in zip(numbers[~keep].tolist(), full_lengths[~keep].tolist())]
     if strict and (problems or dropped):
         raise strict_error(sorted(problems + dropped, key=lambda p: p.row))
     if not keep.any():
@@ -256,18 +352,23 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
         raise DataError(f"no row of {data.source} has anything to train on ({len(problems)} invalid, "
                         f"{len(dropped)} without trainable tokens; first: {first})",
                         "check [data] format and columns with `slothctl data inspect`")
-    kept = valid.select(keep)
-    is_eval = split_mask(len(kept), data.eval_fraction, data.seed)
+    kept_rows = int(keep.sum())
+    is_eval = split_mask(kept_rows, data.eval_fraction, data.seed)
+    in_train, in_eval = keep.copy(), keep.copy()  # over the valid rows: kept and in that split
+    in_train[np.flatnonzero(keep)[is_eval]] = False
+    in_eval[np.flatnonzero(keep)[~is_eval]] = False
+    kept = Tokenized.assemble(parts, in_train, in_eval)
     pad = pad_for(template or template_or_none(data.chat_template, tok.chat_template, tok.eos_token, tok.has_token),
                   tok.pad_token, tok.eos_token, tok.bos_token, tok.unk_token, tok.special_tokens)
     report = build_report(
         source=str(resolve_source(data.source, cfg.project_dir)), rows=len(source.rows), fmt=detection.format,
         detection=detection.reason, template=template, end_of_turn=end, pad_token=pad,
-        responses_only=data.train_on_responses_only, max_length=max_length, full_lengths=valid.full_lengths,
+        responses_only=data.train_on_responses_only, max_length=max_length, full_lengths=full_lengths,
         problems=problems, dropped=dropped, roles=roles, turns=turns, duplicates=duplicates,
         kept_tokens=len(kept.ids), kept_trained=int(kept.trained.sum()), train_rows=int((~is_eval).sum()),
         eval_rows=int(is_eval.sum()), eval_fraction=data.eval_fraction, seed=data.seed)
     return Prepared(source=report["source"], format=detection.format, detection=detection.reason,
-                    template=template, rows=len(source.rows), tokens=kept, row_numbers=numbers[keep],
-                    is_eval=is_eval, invalid=problems, no_trained_tokens=dropped, report=report,
-                    fingerprint=source.fingerprint, origins=source.origin)
+                    template=template, rows=len(source.rows), arrays=kept,
+                    row_numbers=np.concatenate([numbers[in_train], numbers[in_eval]]),
+                    is_eval=np.sort(is_eval), full_lengths=kept.full_lengths, invalid=problems,
+                    no_trained_tokens=dropped, report=report, fingerprint=source.fingerprint, origins=source.origin)

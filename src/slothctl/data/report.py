@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slothctl.data.formats import EMPTY_REASONS
+
 ROLE_ORDER = ("system", "user", "assistant", "tool")
 
 
@@ -76,7 +78,7 @@ def build_report(*, source: str, rows: int, fmt: str, detection: str, template, 
         "trained_tokens": kept_trained,
         "trained_token_fraction": round(kept_trained / kept_tokens, 4) if kept_tokens else 0.0,
         "invalid": [p.row for p in problems],
-        "empty": [p.row for p in problems if p.reason == "is empty"],
+        "empty": [p.row for p in problems if p.reason in EMPTY_REASONS],
         "no_trained_tokens": [p.row for p in dropped],
         "problems": [p.to_json() for p in problems + dropped],
         "duplicates": {"count": len(duplicates), "rows": duplicates},

@@ -16,15 +16,14 @@ import csv
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from slothctl.errors import DataError
+from slothctl.models import HUB_ID
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -33,6 +32,7 @@ class Rows:
     origin: list[str]  # where each row came from, for messages
     fingerprint: dict = field(default_factory=dict)  # what the rows were read from (cache key)
     skipped: list[str] = field(default_factory=list)  # files of a folder that were not read
+    suspects: list[DataError] = field(default_factory=list)  # read, but probably not as meant (warnings)
 
 
 def is_hub_id(source: str) -> bool:
@@ -77,8 +77,8 @@ def _decode(file: Path, data: bytes) -> str:
                         "save the file as UTF-8") from None
 
 
-def _jsonl(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
-    loads = json.loads
+def _jsonl(file: Path, name: str, data: bytes, out: Rows) -> None:
+    rows, origin, loads = out.rows, out.origin, json.loads
     for number, line in enumerate(_decode(file, data).split("\n"), start=1):
         if not line.strip():
             continue
@@ -94,7 +94,7 @@ def _jsonl(file: Path, name: str, data: bytes, rows: list[dict], origin: list[st
         origin.append(f"{name}:{number}")
 
 
-def _json(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+def _json(file: Path, name: str, data: bytes, out: Rows) -> None:
     try:
         value = json.loads(_decode(file, data))
     except json.JSONDecodeError as exc:
@@ -108,12 +108,16 @@ def _json(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str
     for index, row in enumerate(value):
         if not isinstance(row, dict):
             raise DataError(f"{file}: item {index + 1}: expected a JSON object, got {_kind(row)}")
-        rows.append(row)
-        origin.append(f"{name}#{index + 1}")
+        out.rows.append(row)
+        out.origin.append(f"{name}#{index + 1}")
 
 
-def _csv(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
-    reader = csv.DictReader(io.StringIO(_decode(file, data), newline=""))
+def _csv(file: Path, name: str, data: bytes, out: Rows) -> None:
+    """A header, then records. Parsed strictly: a quote that is never closed, or text right after a
+    closing quote, is refused with its line rather than read as one field that swallows the records
+    after it; a quoted field that does end but spans lines looking like records is reported."""
+    reader = csv.DictReader(io.StringIO(_decode(file, data), newline=""), strict=True)
+    line = 0  # the last line of the previous record
     try:
         header = reader.fieldnames
         if not header:
@@ -126,13 +130,57 @@ def _csv(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]
             if None in record:
                 raise DataError(f"{file}: line {start}: {len(header) + len(record[None])} fields, but the "
                                 f"header has {len(header)}", "quote fields that contain commas")
-            rows.append({k: v for k, v in record.items() if v is not None})
-            origin.append(f"{name}:{start}")
+            if line > start:
+                _check_spanning_field(file, record, start, len(header), out)
+            out.rows.append({k: v for k, v in record.items() if v is not None})
+            out.origin.append(f"{name}:{start}")
     except csv.Error as exc:
-        raise DataError(f"{file}: line {reader.line_num}: malformed CSV ({exc})") from None
+        raise _csv_error(file, line + 1, reader.reader.line_num, exc) from None  # DictReader lags on errors
 
 
-def _txt(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+def _csv_error(file: Path, start: int, failed: int, exc: csv.Error) -> DataError:
+    """A strict-mode failure, located at the record where it starts (usually where a quote opened)."""
+    fix = 'close the quote, and write a quote inside a quoted field as two ("")'
+    if "unexpected end of data" in str(exc):
+        swallowed = f", so it swallows lines {start + 1}-{failed}" if failed > start else ""
+        return DataError(f"{file}: line {start}: a quote opened in this record is never closed{swallowed} "
+                         "(to the end of the file)", fix)
+    where = f" (in the record that starts on line {start}: is a quote opened there unclosed?)" if failed > start else ""
+    return DataError(f"{file}: line {failed}: malformed CSV ({exc}){where}", fix)
+
+
+def _check_spanning_field(file: Path, record: dict, start: int, columns: int, out: Rows) -> None:
+    """A quoted field over several lines is normal (a multi-line reply), unless most of its lines look
+    like records of their own: then a quote was probably left open and closed by chance records later."""
+    offset = 0  # lines of the record before this field's first line
+    for column, value in record.items():
+        if not isinstance(value, str):
+            continue
+        lines = value.split("\n")
+        record_like = [start + offset + i for i, text in enumerate(lines) if i and _fields(text) == columns]
+        if len(record_like) >= 2 and 2 * len(record_like) >= len(lines) - 1:
+            out.suspects.append(DataError(
+                f"{file}: line {start}: the quoted `{column}` field runs to line {start + offset + len(lines) - 1}, "
+                f"and {_lines(record_like)} look like records of their own: is a quote on line {start} unclosed?",
+                "close that quote; if those line breaks belong to the text, ignore this (--strict refuses it)"))
+        offset += len(lines) - 1
+
+
+def _fields(text: str) -> int:
+    try:
+        return len(next(csv.reader([text])))
+    except (csv.Error, StopIteration):
+        return 0
+
+
+def _lines(numbers: list[int]) -> str:
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"lines {numbers[0]}-{numbers[-1]}"
+    return "lines " + ", ".join(map(str, numbers[:5])) + (", …" if len(numbers) > 5 else "")
+
+
+def _txt(file: Path, name: str, data: bytes, out: Rows) -> None:
+    rows, origin = out.rows, out.origin
     paragraph: list[str] = []
     start = 0
     for number, line in enumerate(_decode(file, data).split("\n"), start=1):
@@ -149,7 +197,7 @@ def _txt(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]
         origin.append(f"{name}:{start}")
 
 
-def _parquet(file: Path, name: str, data: bytes, rows: list[dict], origin: list[str]) -> None:
+def _parquet(file: Path, name: str, data: bytes, out: Rows) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -158,8 +206,8 @@ def _parquet(file: Path, name: str, data: bytes, rows: list[dict], origin: list[
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{file}: not a readable parquet file ({' '.join(str(exc).split())})") from None
     records = table.to_pylist()
-    rows.extend(records)
-    origin.extend(f"{name}#{i + 1}" for i in range(len(records)))
+    out.rows.extend(records)
+    out.origin.extend(f"{name}#{i + 1}" for i in range(len(records)))
 
 
 READERS: dict[str, Callable] = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet,
@@ -176,15 +224,13 @@ def read_local(path: Path) -> Rows:
         raise DataError(f"data source {path} does not exist",
                         "check the path ([data] source is relative to the project file)")
     files, skipped = source_files(path)
-    rows: list[dict] = []
-    origin: list[str] = []
-    digests = []
+    out = Rows([], [], {"files": []}, [str(p.relative_to(path)) for p in skipped])
     for file in files:
         data = _read_bytes(file)
         name = str(file.relative_to(path)) if path.is_dir() else file.name
-        READERS[file.suffix.lower()](file, name, data, rows, origin)
-        digests.append([name, len(data), hashlib.sha256(data).hexdigest()])
-    return Rows(rows, origin, {"files": digests}, [str(p.relative_to(path)) for p in skipped])
+        READERS[file.suffix.lower()](file, name, data, out)
+        out.fingerprint["files"].append([name, len(data), hashlib.sha256(data).hexdigest()])
+    return out
 
 
 def fingerprint_local(path: Path) -> dict:

@@ -31,8 +31,9 @@ class TextTokenizer:
     digest: str = ""  # content hash of the tokenizer files (part of the data cache key)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
+        # Not `encode_batch_fast`: with tokenizers 0.23 it took 1.3-1.8x the CPU time of
+        # `encode_batch` on chat rows and on source code (SmolLM2's byte-level BPE).
+        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids

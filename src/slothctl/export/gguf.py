@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slothctl import models
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.export import tools
-from slothctl.export.merge import (CHECK_FILE, MERGED_INFO, adapter_fingerprint, make_readable, merge,
-                                   parameter_count, require_disk, run_check)
+from slothctl.export.merge import CHECK_FILE, MERGED_INFO, adapter_fingerprint, make_readable, merge, require_disk, \
+    run_check
 from slothctl.runs import RunPaths, atomic_dir, resolve_adapter, write_json_atomic, write_text_atomic
 
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # written by convert_hf_to_gguf.py --outtype
@@ -267,7 +268,7 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
         status(emit, f"No merged model yet: merging first into {merged_dir}")
         merged_result = merge(cfg, adapter=adapter_path, out=merged_dir, precision=precision, check=check, emit=emit)
         merge_seconds = merged_result.seconds
-    params = parameter_count(str(merged_dir))
+    params = models.parameter_count(str(merged_dir))
     needs_f16 = any(q in QUANTIZER_TYPES for q in chosen) and "f16" not in chosen
     if params:
         require_disk(target, int(params * (sum(BYTES_PER_PARAM[q] for q in chosen) + (2 if needs_f16 else 0))),

@@ -27,8 +27,8 @@ from slothctl.backends import LoadOptions
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
-from slothctl.runs import ADAPTER_INFO, RunPaths, adapter_info, atomic_dir, file_sha256, resolve_adapter, \
-    write_json_atomic
+from slothctl.runs import ADAPTER_INFO, RunPaths, adapter_info, atomic_dir, file_sha256, free_bytes, \
+    resolve_adapter, write_json_atomic
 
 PRECISIONS = ("16bit", "32bit", "4bit", "lora")
 MERGED_INFO = "slothctl_merged.json"
@@ -36,7 +36,6 @@ CHECK_FILE = "slothctl_check.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", ADAPTER_INFO) + TOKENIZER_FILES
-FREE_BYTES_ENV = "SLOTHCTL_FREE_BYTES"  # pretend only this many bytes are free (tests the disk check)
 BYTES_PER_PARAM = {"16bit": 2, "32bit": 4, "4bit": 0.6}
 
 
@@ -72,35 +71,6 @@ def base_model_of(cfg: Config, adapter: Path) -> str:
 
 
 # ---- disk space ------------------------------------------------------------------------------------
-
-def parameter_count(model_path: str) -> int | None:
-    """Parameters of a local checkpoint, read from its safetensors headers (no tensor is loaded)."""
-    folder = Path(model_path)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    total = 0
-    for file in files:
-        with open(file, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in meta["shape"]:
-                    count *= dim
-                total += count
-    return total
-
-
-def free_bytes(path: Path) -> int:
-    if os.environ.get(FREE_BYTES_ENV):
-        return int(os.environ[FREE_BYTES_ENV])
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
-
 
 def require_disk(target: Path, needed: int | None, what: str) -> None:
     """Refuse before writing anything when the estimate does not fit (with 5% to spare)."""
@@ -202,7 +172,7 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
             backend = backends.get(backend_name)
             libraries.quiet()
             resolved = models.resolve(base_name, cfg.project_dir, emit)
-            params = parameter_count(resolved.path)
+            params = models.parameter_count(resolved.path, cfg.model.revision, cfg.model.trust_remote_code)
             require_disk(target, int(params * BYTES_PER_PARAM[precision]) if params else None, "merged model")
             dtype = backend.merge(cfg.model, resolved.path, str(adapter_path), tmp, precision=precision,
                                   dtype=cfg.export.dtype, options=LoadOptions.of(cfg), emit=emit)

@@ -131,7 +131,7 @@ class TrainSetup:
                     lengths: list[int] | tuple[int, ...] | None = None, micro_batch: int | None = None,
                     autocast: bool | None = None) -> "TrainSetup":
         """From the [model], [lora] and [train] sections and the choices the backend resolved (`auto`
-        backend, optimizer and batching, as backends.common resolves them)."""
+        backend, optimizer and batching, as training.batching resolves them)."""
         if model.load_in_4bit:
             weights = "4bit"
         elif model.load_in_8bit:
@@ -144,7 +144,7 @@ class TrainSetup:
                    optimizer=optimizer, micro_batch=micro_batch or train.batch_size,
                    grad_accum=train.gradient_accumulation_steps, seq_len=model.max_seq_length,
                    gradient_checkpointing=train.gradient_checkpointing, batching=batching,
-                   lengths=tuple(lengths) if lengths else None, on_cuda=on_cuda,
+                   lengths=tuple(int(n) for n in lengths) if lengths is not None and len(lengths) else None, on_cuda=on_cuda,
                    autocast=on_cuda if autocast is None else autocast)
 
     def to_dict(self) -> dict[str, Any]:

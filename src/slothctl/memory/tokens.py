@@ -1,7 +1,7 @@
 """How many tokens a micro-batch holds, for memory (the largest one) and for time (the mean one).
 
 Rows of different lengths are batched the way slothctl's batching strategies do it (see
-backends/common.py): padded in shuffled order, padded after grouping similar lengths,
+training/batching.py): padded in shuffled order, padded after grouping similar lengths,
 padding-free (rows concatenated, attention per row) or packed into full sequences.
 """
 

@@ -79,6 +79,7 @@ def save_on_early_stop(train: TrainConfig) -> bool:
 
 
 def keep_checkpoints(train: TrainConfig) -> int:
+    """How many complete checkpoints stay; checkpoints.completion deletes older ones once a new one counts."""
     return train.save_total_limit
 
 
@@ -118,7 +119,7 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
         optim=optim,  # optimizer_name, or the one a resumed run started with
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=keep_checkpoints(t),
+        save_total_limit=None,  # keep_checkpoints: checkpoints.completion rotates, after the marker
         eval_strategy="steps" if evaluates(t, has_eval) else "no",
         eval_steps=eval_every,
         logging_steps=t.logging_steps,

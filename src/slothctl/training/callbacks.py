@@ -1,7 +1,7 @@
 """What slothctl adds to the trainer's loop, as TrainerCallbacks: progress events and metrics.jsonl
 lines (`progress`), and run control (`run_control`): a clean stop after a signal, a checkpoint where
 early stopping ends the run, intervals from the current config. Trackers are in trackers.py,
-checkpoint completion in checkpoints.py.
+checkpoint completion (and its `checkpoint` event) in checkpoints.py.
 
 transformers is imported inside the factories: importing this module stays cheap.
 """
@@ -62,10 +62,6 @@ def progress(emit: Emit, paths: RunPaths, measure: Callable[[], tuple[float, int
                 return
             append_jsonl(paths.metrics, record)
             emit(Event(record.pop("event"), record))
-
-        def on_save(self, args, state, control, **kwargs):
-            emit(Event("checkpoint", {"step": state.global_step,
-                                      "path": str(paths.checkpoint(state.global_step))}))
 
     return Progress()
 

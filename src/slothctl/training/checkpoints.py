@@ -1,23 +1,29 @@
-"""What a checkpoint holds, how a trainer writes it atomically, and when a run may continue from one.
+"""What a checkpoint holds, how it is marked complete, and when a run may continue from one.
 
     checkpoint-N/
-      adapter_model.safetensors, adapter_config.json   LoRA weights (Trainer.save_model)
+      adapter_model.safetensors, adapter_config.json   LoRA weights
       tokenizer files, training_args.bin               as the trainer saves them
       optimizer.pt, scheduler.pt (scaler.pt)           optimizer moments, learning-rate schedule position
       rng_state.pth                                    python, numpy, torch CPU (and CUDA) generators
       trainer_state.json                               global step, epoch, log history, early-stopping state
-      slothctl_checkpoint.json                         config and its hash, data hash, sampler position
+      slothctl_checkpoint.json                         the completion marker: config and its hash, data
+                                                       hash, sampler position, every file and its size
 
-Everything is written into a temporary sibling folder and renamed to checkpoint-N only when complete;
-slothctl_checkpoint.json is written last, so a folder without it is never resumed from.
+The Trainer writes checkpoint-N itself (its own save, chosen by public arguments). Then `completion`,
+an `on_save` callback, flushes every file to disk (fsync) and writes slothctl_checkpoint.json, atomically
+and last. Only a folder with that marker counts as a checkpoint (runs.is_complete_checkpoint): a crash
+or a second Ctrl-C while the trainer writes leaves a folder without one, which is never resumed from
+and which the next run removes with a warning (runs.clean_incomplete). The marker lists the files it
+vouches for (`files`: name → size), so a later check can verify them.
+
+Rotation ([train] save_total_limit) is done here, after the marker, not by the Trainer: the Trainer
+rotates inside its save, before the new checkpoint is complete, so with a limit of 1 a crash at that
+moment would leave no checkpoint at all.
 
 Data order: the trainer's sampler is seeded with [train] seed and reseeded per epoch (accelerate's
 seedable sampler), so the order is a function of the training rows, the seed and the epoch. The
-checkpoint records the rows' hash and the position (epoch, batches done in it); on resume the
-trainer rebuilds the same order and skips those batches.
-
-The trainer subclass is made here, around whatever class a backend returns, so the Unsloth and hf
-backends write the same checkpoints without code of their own.
+marker records the rows' hash and the position (epoch, batches done in it); on resume the trainer
+rebuilds the same order and skips those batches.
 """
 
 from __future__ import annotations
@@ -25,16 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__
+from slothctl import __version__, models
 from slothctl.config import Config, LoraConfig, ModelConfig
-from slothctl.runs import CHECKPOINT_INFO, RunPaths, atomic_dir, fsync_dir, fsync_tree, rotate_checkpoints, \
-    write_json_atomic
+from slothctl.events import Emit, Event
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, fsync_dir, fsync_tree, rotate_checkpoints, write_json_atomic
 
 SECTIONS = ("model", "lora", "data", "train")
 # Keys a run may change between a checkpoint and its continuation without --force-resume: how long
@@ -69,99 +73,94 @@ def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k} {json.dumps(a, default=str)} → {json.dumps(b, default=str)}" for k, a, b in changes)
 
 
-def data_hash(examples) -> str:
-    """A hash of the training rows as the trainer sees them (token ids and loss mask, in order)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(array("q", example.input_ids).tobytes())
-        digest.update(array("q", example.labels).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:16]
-
-
 def read_info(checkpoint: Path) -> dict:
     return json.loads((checkpoint / CHECKPOINT_INFO).read_text(encoding="utf-8"))
 
 
-def make_resumable(base: type, run: dict[str, Any]) -> type:
-    """Subclass a backend's trainer so that checkpoints are atomic, complete and rotated by step.
-
-    `run` is what every checkpoint of this run records besides its position: the config, its hash,
-    the data hash and the seed. Transformers' own `_save_checkpoint` writes straight into
-    checkpoint-N (and TRL's adds a model card to the run folder); this one uses the same pieces
-    (save_model, optimizer/scheduler/scaler/RNG state, trainer state) into a temporary folder.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-    from transformers.trainer_callback import ExportableState
-
-    class ResumableTrainer(base):
-        slothctl_run = run
-
-        def _save_checkpoint(self, model, trial):
-            step = self.state.global_step
-            paths = RunPaths(Path(self.args.output_dir))
-            if self.hp_search_backend is None and trial is None:
-                self.store_flos()
-            with atomic_dir(paths.checkpoint(step), replace=True) as tmp:
-                self.save_model(str(tmp), _internal_call=True)
-                self._save_optimizer_and_scheduler(str(tmp))
-                self._save_scaler(str(tmp))
-                self._save_rng_state(str(tmp))
-                for callback in [*self.callback_handler.callbacks, self.control]:
-                    if isinstance(callback, ExportableState):
-                        name = callback.__class__.__name__
-                        if isinstance(self.state.stateful_callbacks.get(name), list):
-                            self.state.stateful_callbacks[name].append(callback.state())
-                        else:
-                            self.state.stateful_callbacks[name] = callback.state()
-                self.state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
-                fsync_tree(tmp)
-                write_json_atomic(tmp / CHECKPOINT_INFO, self._checkpoint_info())
-            fsync_dir(paths.root)
-            rotate_checkpoints(paths, self.args.save_total_limit or 0)
-
-        def _checkpoint_info(self) -> dict[str, Any]:
-            step = self.state.global_step
-            loader = self.callback_handler.train_dataloader
-            ga = self.args.gradient_accumulation_steps
-            batches = len(loader) if loader is not None else 0
-            updates_per_epoch = max(1, math.ceil(batches / ga)) if batches else None
-            position = {"epoch": step // updates_per_epoch, "batches_done_in_epoch": step % updates_per_epoch * ga,
-                        "batches_per_epoch": batches} if updates_per_epoch else {}
-            return {"step": step, "max_steps": self.state.max_steps, "epoch": self.state.epoch,
-                    "data_position": position, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "slothctl": __version__, **self.slothctl_run}
-
-    return ResumableTrainer
+def data_position(step: int, batches_per_epoch: int, gradient_accumulation_steps: int) -> dict[str, int]:
+    """Where in the data order a step ends: the epoch and the batches done in it."""
+    if not batches_per_epoch:
+        return {}
+    updates_per_epoch = max(1, math.ceil(batches_per_epoch / gradient_accumulation_steps))
+    return {"epoch": step // updates_per_epoch,
+            "batches_done_in_epoch": step % updates_per_epoch * gradient_accumulation_steps,
+            "batches_per_epoch": batches_per_epoch}
 
 
-def run_record(cfg: Config, examples) -> dict[str, Any]:
+def listed_files(folder: Path) -> dict[str, dict[str, int]]:
+    """Every file of a checkpoint (but its marker), relative name → size: what the marker vouches for."""
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != CHECKPOINT_INFO}
+
+
+def mark_complete(folder: Path, info: dict[str, Any]) -> None:
+    """Make a checkpoint folder count: its files flushed to disk first, then the marker written atomically."""
+    fsync_tree(folder)
+    write_json_atomic(folder / CHECKPOINT_INFO, {**info, "files": listed_files(folder)})
+    fsync_dir(folder)
+    fsync_dir(folder.parent)
+
+
+def unmark(folder: Path) -> None:
+    """A checkpoint about to be written again stops counting before its files change."""
+    marker = folder / CHECKPOINT_INFO
+    if marker.is_file():
+        marker.unlink()
+        fsync_dir(folder)
+
+
+def completion(run: dict[str, Any], keep: int, emit: Emit):
+    """A TrainerCallback that completes each checkpoint the Trainer saves (the marker), then keeps the
+    newest `keep` and announces it. `run` is what every checkpoint of the run records besides its
+    position: the config, its hash, the data hash and the seed (run_record)."""
+    from transformers import TrainerCallback
+
+    class Completion(TrainerCallback):
+        def _about_to_save(self, args, state, control) -> None:
+            if control.should_save and state.is_world_process_zero:
+                unmark(RunPaths(Path(args.output_dir)).checkpoint(state.global_step))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._about_to_save(args, state, control)
+
+        def on_evaluate(self, args, state, control, **kwargs):  # early stopping may ask for a save
+            self._about_to_save(args, state, control)
+
+        def on_save(self, args, state, control, train_dataloader=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            paths = RunPaths(Path(args.output_dir))
+            folder = paths.checkpoint(state.global_step)
+            batches = len(train_dataloader) if train_dataloader is not None else 0
+            mark_complete(folder, {
+                "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+                "data_position": data_position(state.global_step, batches, args.gradient_accumulation_steps),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slothctl": __version__, **run})
+            rotate_checkpoints(paths, keep)
+            emit(Event("checkpoint", {"step": state.global_step, "path": str(folder)}))
+
+    return Completion()
+
+
+def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:
     """The part of slothctl_checkpoint.json that is the same for every checkpoint of a run."""
     return {"config_hash": config_hash(cfg),
             "config": {s: v for s, v in cfg.to_dict().items() if s in SECTIONS},
-            "data": {"hash": data_hash(examples), "rows": len(examples), "seed": cfg.train.seed}}
+            "data": {"hash": data_hash, "rows": rows, "seed": cfg.train.seed}}
 
 
 # ---- disk space ---------------------------------------------------------------------------------------------------
 
 def lora_parameter_count(lora: LoraConfig, model: ModelConfig, model_path: str) -> int | None:
-    """Trainable LoRA parameters, counted on a weightless (meta-device) copy of the model."""
+    """Trainable LoRA parameters: r x (inputs + outputs) of each targeted linear layer."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(model_path, revision=model.revision or None,
-                                            trust_remote_code=model.trust_remote_code)
-        with torch.device("meta"):
-            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
-    except Exception:  # noqa: BLE001 - no estimate is better than a wrong refusal; loading will tell
+    meta = models.architecture(model_path, model.revision, model.trust_remote_code)
+    if meta is None:
         return None
     targets = set(lora.target_modules)
-    total = 0
-    for name, module in meta.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += lora.r * (module.in_features + module.out_features)
-    return total
+    return sum(lora.r * (module.in_features + module.out_features) for name, module in meta.named_modules()
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
 
 
 def optimizer_bytes_per_parameter(optim: str) -> int:

@@ -1,16 +1,16 @@
 """Refusals before the model loads (exit 2, nothing written): a run folder that cannot be written,
-a disk too small for a checkpoint and the final adapter."""
+a disk too small for a checkpoint and the final adapter, bitsandbytes missing where it is needed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from slothctl.config import LoraConfig, ModelConfig
 from slothctl.errors import UsageError
-from slothctl.runs import nearest_existing
+from slothctl.runs import free_bytes, nearest_existing
 from slothctl.training.checkpoints import estimate_checkpoint_bytes
 
 
@@ -43,10 +43,22 @@ def check_disk_space(lora: LoraConfig, model: ModelConfig, root: Path, model_pat
     estimate = estimate_checkpoint_bytes(lora, model, model_path, optim)
     if estimate is None:
         return None
-    free = shutil.disk_usage(nearest_existing(root)).free
+    free = free_bytes(root)
     if free < estimate["needed"]:
         raise UsageError(
             f"not enough disk space for {root}: {_size(free)} free, a checkpoint and the final adapter need about "
             f"{_size(estimate['needed'])} (adapter {_size(estimate['adapter'])}, optimizer state "
             f"{_size(estimate['optimizer'])})", "free some space or set [output] dir to a larger disk")
     return estimate
+
+
+def check_bitsandbytes(model: ModelConfig, optim: str) -> None:
+    """Exit 2 when 4/8-bit loading or an 8-bit optimizer (`optim = "auto"` on CUDA) needs bitsandbytes
+    and it is not installed (it comes with the `cuda` and `unsloth` extras)."""
+    needs = [what for what, used in (("[model] load_in_4bit", model.load_in_4bit),
+                                      ("[model] load_in_8bit", model.load_in_8bit),
+                                      (f"the optimizer {optim}", "8bit" in optim)) if used]
+    if needs and importlib.util.find_spec("bitsandbytes") is None:
+        other = ', or set [train] optim = "adamw_torch"' if "8bit" in optim and len(needs) == 1 else ""
+        raise UsageError(f"{needs[0]} needs bitsandbytes (CUDA), which is not installed",
+                         f"pip install 'slothctl[cuda]'{other}")

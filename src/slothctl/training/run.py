@@ -28,10 +28,10 @@ from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
 from slothctl.errors import Interrupted
 from slothctl.events import Emit, Event, ignore, status
-from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, locked, read_metrics, \
-    write_json_atomic, write_text_atomic
+from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
+    read_metrics, write_json_atomic, write_text_atomic
 from slothctl.training import arguments, callbacks, checkpoints, trackers
-from slothctl.training.checks import check_disk_space, check_writable
+from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
@@ -75,7 +75,9 @@ def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume
         except KeyboardInterrupt:
             if not (stop.requested and stop.forced):
                 raise
-            latest = RunPaths(where["root"]).latest_checkpoint()
+            paths = RunPaths(where["root"])
+            clean_incomplete(paths)  # a checkpoint the trainer was writing never got its marker
+            latest = paths.latest_checkpoint()
             kept = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written"
             raise Interrupted(f"stopped at once by a second {stop.forced}; {kept}",
                               f"continue with: {where['resume']}" if latest else None) from None
@@ -100,12 +102,14 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first when it is the backend
     libraries.quiet()
     resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
+    models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     optim = arguments.optimizer_name(cfg.train)
+    check_bitsandbytes(cfg.model, optim)
     check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
     data = setup_data(cfg, resolved.path, emit)
     total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length)
-    run = checkpoints.run_record(cfg, data.train)
+    run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
     run["optim"] = run_optimizer(plan, cfg.train.optim, optim)
     if not from_checkpoint and not plan.forced:
         summary = finished_summary(cfg, paths, total, run["data"]["hash"])
@@ -144,7 +148,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
                           f"continue with: {command}")
     if step < total:
         status(emit, f"Early stopping at step {step}: eval loss did not improve for "
-                     f"{arguments.early_stopping(cfg.train, bool(data.eval))} evaluations")
+                     f"{arguments.early_stopping(cfg.train, data.eval_rows > 0)} evaluations")
     return finish(cfg, plan, backend.name, trainer, tokenizer, data, run, step=step, total=total,
                   started=started, train_seconds=train_seconds)
 
@@ -158,7 +162,7 @@ def setup_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
     status(emit, f"Reading {cfg.data.source}")
     tok = load_text_tokenizer(model_path, cfg.model.revision)
     data = formatted(cfg, tok, emit)
-    status(emit, f"{len(data.train)} training rows, {len(data.eval)} eval rows "
+    status(emit, f"{data.train_rows} training rows, {data.eval_rows} eval rows "
                  f"({len(data.invalid)} invalid, {len(data.no_trained_tokens)} without trained tokens, "
                  f"{data.truncated} truncated at {cfg.model.max_seq_length} tokens)")
     return data
@@ -179,15 +183,16 @@ def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, grad
 def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backend, model, tokenizer,
                   data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop):
     """[train]: the SFTTrainer (arguments.py maps the section) with our callbacks, in this order: early
-    stopping decides before run control saves; run control arms the signal handling before progress
-    announces the start."""
+    stopping decides before run control asks for a save; checkpoint completion sees that request
+    (and announces a checkpoint only once it is complete); run control arms the signal handling
+    before progress announces the start."""
     paths = plan.paths
-    has_eval = bool(data.eval)
+    has_eval = data.eval_rows > 0
     batching = arguments.batching_choice(train_cfg, data.train_lengths)
     status(emit, f"Batching {batching.strategy}: {batching.reason}", batching=batching.to_json())
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
                                 total_steps=total, has_eval=has_eval, optim=run["optim"], batching=batching,
-                                overrides=backend.trainer_overrides())
+                                overrides=backend.trainer_overrides(train_cfg.packing))
     hooks: list = []
     patience = arguments.early_stopping(train_cfg, has_eval)
     if patience:
@@ -196,10 +201,11 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
         hooks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer_ref: list = []
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg)),
+              checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
               callbacks.progress(emit, paths, lambda: trainer_ref[0].logged,
                                  start={"batching": batching.to_json()}),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
-    trainer = make_trainer(model, tokenizer, args, data.train, data.eval, hooks, run)
+    trainer = make_trainer(model, tokenizer, args, data.dataset("train"), data.dataset("eval"), hooks)
     trainer_ref.append(trainer)
     return trainer
 
@@ -207,12 +213,14 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
 # ---- train and save -------------------------------------------------------------------------------------------------
 
 def fit(trainer, plan: RunPlan, total: int) -> int:
-    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached."""
-    if plan.resume_step is not None and plan.resume_step >= total:  # killed after its last checkpoint
-        trainer._load_from_checkpoint(str(plan.checkpoint))
-        trainer.state.global_step = plan.resume_step
-    else:
-        trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    """Train from the plan's checkpoint (or from the start) to `total` steps; returns the step reached.
+    A run killed after its last checkpoint has nothing left to train: its adapter weights are loaded
+    (PEFT, as the Trainer does on resume) so that the final adapter can be saved."""
+    if plan.resume_step is not None and plan.resume_step >= total:
+        model = trainer.model
+        model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
+        return plan.resume_step
+    trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     return trainer.state.global_step
 
 
@@ -259,8 +267,8 @@ def finish(cfg: Config, plan: RunPlan, backend: str, trainer, tokenizer, data: P
         "train_tokens": trainer.tokens_seen, "losses": losses, "evals": evals,
         "best_eval_loss": min((loss for _, loss in evals), default=None),
         "config_hash": run["config_hash"], "optim": run["optim"], "peak_vram_gb": _peak_vram_gb(),
-        "data": {"rows": data.rows, "format": data.format, "train_rows": len(data.train),
-                 "eval_rows": len(data.eval), "invalid": len(data.invalid), "truncated": data.truncated,
+        "data": {"rows": data.rows, "format": data.format, "train_rows": data.train_rows,
+                 "eval_rows": data.eval_rows, "invalid": len(data.invalid), "truncated": data.truncated,
                  "chat_template": data.template.name if data.template else None, "hash": run["data"]["hash"]},
         "config": cfg.to_dict(), "versions": libraries.training_versions()})
     return result

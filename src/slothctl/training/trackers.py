@@ -65,10 +65,14 @@ def callbacks(choice: str, paths: RunPaths, resume_step: int | None) -> list:
     from transformers.integrations import TensorBoardCallback
 
     class RunTensorBoard(TensorBoardCallback):
-        def _init_summary_writer(self, args):
-            purge = resume_step + 1 if resume_step else None  # hide steps a killed run logged past its checkpoint
-            self.tb_writer = self._SummaryWriter(log_dir=str(paths.tensorboard), purge_step=purge)
+        """transformers' callback with our writer (its `tb_writer` argument), opened when training starts."""
 
-    callback = RunTensorBoard()
-    callback.logging_dir = str(paths.tensorboard)
-    return [callback]
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.tb_writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                purge = resume_step + 1 if resume_step else None  # hide steps a killed run logged past its checkpoint
+                self.tb_writer = SummaryWriter(log_dir=str(paths.tensorboard), purge_step=purge)
+            super().on_train_begin(args, state, control, **kwargs)
+
+    return [RunTensorBoard()]

@@ -1,0 +1,172 @@
+"""Benchmark of the data path at scale (issue 13): `data inspect` and `train --max-steps 1` on
+100,000 generated ShareGPT rows and on 1,000, each in a fresh process, as a user runs them.
+
+    python bench/data_scale.py                                # 1,000 and 100,000 rows
+    python bench/data_scale.py --sizes 1000,20000 --keep /tmp/scale --out bench/results/data_scale.json
+
+Rows: 1-3 human/gpt exchanges (30% with a system prompt) of 1-8 and 2-21 sentences (the generator
+of bench/data_inspect.py, seeded): about 490 tokens a row, median ~430, 49 M tokens at 100k rows
+with the embedded model's chat template. The model is the embedded SmolLM2-135M (CPU, defaults).
+
+Measured, interleaved by size, each in a fresh process:
+  inspect     `slothctl data inspect FILE --json`: wall time and peak RSS
+  train miss  `slothctl train --max-steps 1 --json` with an empty data cache
+  train hit   the same again in a new run folder: the data cache has the entry
+For train: seconds to the first step event, to the formatted data (the cache event), the model load
+(from "Loading" to "Training"), and the peak RSS. Peak RSS is the child's ru_maxrss (os.wait4): its
+largest resident size, file pages it maps included. CPU seconds are reported too (user + system), as
+wall times mean little on a busy machine: the load average is printed with the results.
+
+Children run without TOKENIZERS_PARALLELISM (a user's shell does not set it) and with this
+checkout's src/ first on PYTHONPATH; the model caches ($SLOTHCTL_CACHE, $HF_HOME) are shared.
+
+Targets (2-core machine): inspect <= 30 s at 100k rows; first step <= 90 s on a miss and <= 20 s plus
+the model load on a hit; train's peak RSS at 100k rows <= 1.5 GB above its peak at 1k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from data_inspect import generate  # noqa: E402
+
+SHAPE = {"human_sentences": (1, 8), "gpt_sentences": (2, 21)}
+TARGETS = {"inspect_s": 30.0, "miss_first_step_s": 90.0, "hit_first_step_minus_load_s": 20.0,
+           "train_rss_growth_gb": 1.5}
+
+
+def child_env(data_cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    env["PYTHONPATH"] = f"{REPO / 'src'}:{env.get('PYTHONPATH', '')}".rstrip(":")
+    env["SLOTHCTL_DATA_CACHE"] = str(data_cache)
+    return env
+
+
+def run_timed(command: list[str], cwd: Path, env: dict) -> dict:
+    """Run a command; the arrival time of each stdout line (seconds since start), peak RSS, CPU."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - started, line))
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    events = []
+    for at, line in lines:
+        if line.startswith("{"):
+            events.append((at, json.loads(line)))
+    return {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "events": events}
+
+
+def inspect(path: Path, work: Path) -> dict:
+    result = run_timed([sys.executable, "-m", "slothctl", "data", "inspect", str(path), "--json"], work,
+                       child_env(work / "unused-cache"))
+    report = result.pop("events")[-1][1]
+    return {**result, "rows": report["rows"], "tokens": report["tokens"]["total"],
+            "median_tokens": report["tokens"]["p50"]}
+
+
+def project(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "slothctl.toml").write_text(f'[model]\nname = "embedded:smollm2-135m"\n[data]\nsource = "{path}"\n'
+                                          '[output]\nname = "bench"\n')
+    return folder
+
+
+def train(folder: Path, data_cache: Path) -> dict:
+    shutil.rmtree(folder / "runs", ignore_errors=True)
+    result = run_timed([sys.executable, "-m", "slothctl", "train", "--max-steps", "1", "--json"], folder,
+                       child_env(data_cache))
+    events = result.pop("events")
+
+    def first(test) -> float | None:
+        return next((round(at, 2) for at, event in events if test(event)), None)
+
+    cache = next(event["cache"] for _, event in events if event.get("cache"))
+    loading = first(lambda e: e.get("message", "").startswith("Loading "))
+    training = first(lambda e: e.get("message", "").startswith("Training "))
+    return {**result, "cache": cache, "data_ready_s": first(lambda e: bool(e.get("cache"))),
+            "model_load_s": round(training - loading, 2) if loading and training else None,
+            "first_step_s": first(lambda e: e.get("event") == "step")}
+
+
+def table(results: dict, sizes: list[int]) -> str:
+    rows = ["| rows | tokens | `data inspect` | train, cache miss: first step | train, cache hit: first step "
+            "(model load) | train peak RSS (miss / hit) |", "|---|---|---|---|---|---|"]
+    for size in sizes:
+        r = results[str(size)]
+        i, miss, hit = r["inspect"], r["train_miss"], r["train_hit"]
+        rows.append(f"| {size:,} | {i['tokens'] / 1e6:.1f} M | {i['seconds']:.1f} s, {i['peak_rss_gb']:.2f} GB | "
+                    f"{miss['first_step_s']:.1f} s | {hit['first_step_s']:.1f} s ({hit['model_load_s']:.1f} s) | "
+                    f"{miss['peak_rss_gb']:.2f} / {hit['peak_rss_gb']:.2f} GB |")
+    return "\n".join(rows)
+
+
+def verdict(results: dict, small: int, large: int) -> dict:
+    big, base = results[str(large)], results[str(small)]
+    hit = big["train_hit"]
+    growth = max(big["train_miss"]["peak_rss_gb"], hit["peak_rss_gb"]) - max(
+        base["train_miss"]["peak_rss_gb"], base["train_hit"]["peak_rss_gb"])
+    measured = {"inspect_s": big["inspect"]["seconds"], "miss_first_step_s": big["train_miss"]["first_step_s"],
+                "hit_first_step_minus_load_s": round(hit["first_step_s"] - (hit["model_load_s"] or 0), 2),
+                "train_rss_growth_gb": round(growth, 3)}
+    return {name: {"measured": value, "target": TARGETS[name], "met": value <= TARGETS[name]}
+            for name, value in measured.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,100000", help="row counts, comma-separated (smallest first)")
+    parser.add_argument("--keep", type=Path, help="keep the generated files here (reused when present)")
+    parser.add_argument("--out", type=Path, help="also write the results JSON here")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
+        work = Path(tmp)
+        data_dir = args.keep or work / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for size in sizes:
+            files[size] = data_dir / f"sharegpt-{size}.jsonl"
+            if not files[size].is_file():
+                generate(files[size], size, seed=0, **SHAPE)
+        results: dict = {str(size): {} for size in sizes}
+        phases = [("inspect", lambda size: inspect(files[size], work)),
+                  ("train_miss", lambda size: train(project(files[size], work / f"p{size}"), work / f"cache{size}")),
+                  ("train_hit", lambda size: train(work / f"p{size}", work / f"cache{size}"))]
+        for name, measure in phases:  # sizes side by side within each phase
+            for size in sizes:
+                results[str(size)][name] = measure(size)
+                print(json.dumps({"rows": size, "phase": name, **results[str(size)][name]}), flush=True)
+    summary = {"results": results, "targets": verdict(results, sizes[0], sizes[-1]) if len(sizes) > 1 else None,
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "load_average_before": [round(x, 2) for x in load_before],
+                           "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+               "date": time.strftime("%Y-%m-%d"), "table": table(results, sizes)}
+    print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
+    print(summary["table"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
