@@ -69,8 +69,16 @@ if args.chat:
         return {"text": tokenizer.apply_chat_template(turns, tokenize=False)}
 
     dataset = dataset.map(render, remove_columns=dataset.column_names)
+trainer_class = SFTTrainer
+if not cuda:  # the dry run: TRL's fused log-prob loss needs Triton; transformers' own loss instead
+    from transformers import Trainer
+
+    class trainer_class(SFTTrainer):  # noqa: N801
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 timer = StepTimer()
-trainer = SFTTrainer(
+trainer = trainer_class(
     model=model, processing_class=tokenizer, train_dataset=dataset, callbacks=[timer],
     args=SFTConfig(dataset_text_field="text", max_length=args.seq, per_device_train_batch_size=args.bs,
                    gradient_accumulation_steps=args.ga, warmup_steps=5, learning_rate=2e-4, logging_steps=1,
@@ -85,8 +93,9 @@ batch_tokens: list = []  # real tokens of each micro-batch (device tensors until
 
 
 def count_tokens(module, positional, kwargs):
-    mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids")
-    batch_tokens.append(mask.sum() if mask is not None else torch.tensor(ids.numel()))
+    mask = kwargs.get("attention_mask")
+    ids = kwargs.get("input_ids", positional[0] if positional else None)
+    batch_tokens.append(mask.sum() if mask is not None else torch.tensor(ids.numel() if ids is not None else 0))
 
 
 trainer.model.register_forward_pre_hook(count_tokens, with_kwargs=True)
@@ -101,7 +110,9 @@ result = {"variant": "raw_unsloth", "backend": args.backend,
           "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
           "padding_free": bool(getattr(trainer.args, "padding_free", False)),
           "train_loss": output.training_loss, "seconds": seconds, "steps": len(timer.marks),
-          "batch_size": args.bs, "gradient_accumulation_steps": args.ga}
+          "batch_size": args.bs, "gradient_accumulation_steps": args.ga, "micro_batches_counted": len(batch_tokens)}
+if len(batch_tokens) < len(timer.marks) * args.ga:
+    raise SystemExit(f"counted {len(batch_tokens)} micro-batches for {len(timer.marks)} steps of {args.ga}")
 result["tokens_per_s"] = (steady_rate(timer.marks, step_tokens, args.warmup) if steps
                           else sum(batch_tokens) / seconds)  # a whole epoch: all of it
 result.update(step_profile([b - a for (_, a), (_, b) in zip(timer.marks, timer.marks[1:])]))
