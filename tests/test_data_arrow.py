@@ -97,7 +97,8 @@ def test_the_datasets_are_memory_mapped_slices_of_the_cache_file(tmp_path, data_
     cfg = config_for(data_file, embedded_model, eval_fraction=0.2, max_seq_length=128)
     tok = load_text_tokenizer(str(embedded_model))
     fresh = prepare(cfg, tok)
-    hit = formatted(cfg, tok) and formatted(cfg, tok)
+    formatted(cfg, tok)  # a miss: stored
+    hit = formatted(cfg, tok)
     train, evaluation = hit.dataset("train"), hit.dataset("eval")
     assert hit.mapped_file == str(Path(hit.cache["path"]) / "tokens.arrow")
     for dataset, rows in ((train, fresh.train), (evaluation, fresh.eval)):
@@ -133,7 +134,7 @@ sys.exit(main())
 """
 
 
-def test_the_trainer_trains_on_the_cache_file_without_copying_it(tmp_path, embedded_model):
+def test_the_trainer_trains_on_the_cache_file_without_copying_it(tmp_path, embedded_model, monkeypatch):
     """One real step: TRL keeps the memory-mapped datasets as they are (no row-by-row preparation) and
     the length-grouped sampler gets the cached lengths."""
     project = make_project(tmp_path / "proj", "data.eval_fraction=0.1", "train.skip_eval=true",
@@ -145,15 +146,9 @@ def test_the_trainer_trains_on_the_cache_file_without_copying_it(tmp_path, embed
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 1
 
-    import os
-
-    os.environ["SLOTHCTL_DATA_CACHE"] = str(cache_dir)
-    try:
-        cfg = config.load(project / "slothctl.toml")
-        hit = formatted(cfg, load_text_tokenizer(str(embedded_model)))
-    finally:
-        del os.environ["SLOTHCTL_DATA_CACHE"]
-    assert hit.cache["hit"] is True
+    monkeypatch.setenv("SLOTHCTL_DATA_CACHE", str(cache_dir))
+    hit = formatted(config.load(project / "slothctl.toml"), load_text_tokenizer(str(embedded_model)))
+    assert hit.cache["hit"] is True  # the entry train wrote
     assert seen["train_files"] == seen["eval_files"] == [{"filename": hit.mapped_file}]
     assert seen["rows"] == hit.train_rows and seen["sampler"] == "LengthGroupedBatches"
     assert seen["lengths"] == hit.train_lengths.tolist()
