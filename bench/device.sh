@@ -20,6 +20,10 @@
 #   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
 #   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
+#   bash bench/device.sh scalefixed        (after setup model; issue 13 item 5: slothctl vs the hand-written
+#                                           loop and the notebook script, fixed length; ~4-5 min)
+#   bash bench/device.sh scalevarlen       (after setup model; issue 13 item 4: slothctl defaults vs the
+#                                           notebook script on 1k and 10k ShareGPT rows; ~4-5 min)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -33,6 +37,10 @@ install_wheels() {
         .whl/*.whl .gpuchunks/w/*.whl
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 }
+# the issue-13 runs: their own results file; children die after 200 s (a hang costs that, not the lease)
+scale() { local name=$1; shift
+          BENCH_CHILD_TIMEOUT_S=200 python3 bench/train_speed.py --out "$OUT/train_speed_$name.json" "$@" 2>&1 \
+              | tee -a "$OUT/$name.log" | tail -60; }
 mkdir -p "$OUT"
 for step in "$@"; do
 case "$step" in
@@ -91,6 +99,10 @@ scaling-llama) python3 bench/multi_gpu.py --gpus 1,2 --shapes llama-3-8b --out "
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;
+# $BENCH_ARGS goes last (later flags win): BENCH_ARGS="--cpu --seq 128 ..." dry-runs a step without a GPU
+scalefixed)  scale scalefixed --shapes qwen3-1.7b,llama-3-8b --variants abf --steps 7 --warmup 3 ${BENCH_ARGS:-} ;;
+scalevarlen) scale scalevarlen --shapes "" --scale-rows 1000,10000 --scale-batches 2x4,4x4 --scale-steps 7 \
+                 --scale-warmup 2 ${BENCH_ARGS:-} ;;
 memory)  python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-16bit.json" --weights 16bit 2>&1 \
              | tee -a "$OUT/memory.log" | tail -25 ;;
 memory4) python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-4bit.json" --weights 4bit 2>&1 \
