@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from slothctl import backends, models
+from slothctl import backends, libraries, models
 from slothctl.config import Config
 from slothctl.errors import SlothctlError
 from slothctl.events import Emit, ignore
@@ -56,6 +56,7 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
     optim = cfg.train.optim if cfg.train.optim != "auto" else ("adamw_8bit" if gpu else "adamw_torch")
     from slothctl.training.run import setup_data
 
+    libraries.quiet()  # stderr holds the estimate: no progress bars of datasets (packing) or transformers
     try:
         resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
         data = setup_data(cfg, resolved.path, emit)
