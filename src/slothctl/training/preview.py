@@ -64,6 +64,8 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
         steps = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length, ranks)
     except SlothctlError as exc:
         return Preview(None, gpu, backend, optim, unavailable=exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - e.g. a hub model offline: the dry run still prints the config
+        return Preview(None, gpu, backend, optim, unavailable=f"{type(exc).__name__}: {str(exc)[:200]}")
     memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=resolved.path, backend=backend, optim=optim,
                          lengths=data.train_lengths, gpu=gpu, steps=steps)
     return Preview(memory, gpu, backend, optim, steps, data.train_rows)
