@@ -27,6 +27,11 @@ WORDS = ("sloth tree leaf branch slow green forest river stone cloud rain sun mo
          "nest quiet morning evening light shadow path hill valley water fruit seed root bark moss").split()
 
 
+# Objects with on_step_begin(step) / on_step_end(step) that hand-written loops (raw_loop.py) call
+# around each optimizer step, as the Trainer calls its callbacks: bench/profile_steps.py adds one.
+STEP_HOOKS: list = []
+
+
 class StepTimer:
     """A TrainerCallback-compatible timer: wall time and real tokens at the end of every step."""
 

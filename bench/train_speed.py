@@ -7,6 +7,7 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
     (a) slothctl train, unsloth backend     (b) raw Unsloth + TRL script (bench/raw_unsloth.py)
     (c) raw transformers + PEFT + TRL, sdpa  (d) slothctl train, hf backend
     (e) as (c), with transformers' own loss instead of TRL's fused LM head (bench/raw_hf.py --plain-loss)
+    (f) a hand-written Unsloth training loop, no TRL, no Trainer (bench/raw_loop.py)
 
 A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
 the mean of the runs (and every run's value is kept), to show how much runs vary.
@@ -18,6 +19,18 @@ own default (auto padding-free).
 
     python bench/train_speed.py --out bench/results/train_speed-DEVICE-DATE.json [--shapes ...] [--varlen]
     python bench/train_speed.py --out ... --shapes qwen3-1.7b --variants ab --profile  # + kernel profiles of a, b
+    python bench/train_speed.py --out ... --shapes qwen3-1.7b,llama-3-8b --variants abf   # a/f, a/b
+    python bench/train_speed.py --out ... --shapes "" --scale-rows 1000,10000 --scale-batches 2x4,4x4
+
+--scale-rows: at scale, slothctl's defaults against the notebook-style script on generated ShareGPT
+rows (bench/data_scale.py's generator: 1-3 exchanges, median ~430 tokens), Qwen3-1.7B shape, for
+each effective batch BSxGA (batch_size x gradient_accumulation_steps; 2x4 is both defaults):
+--scale-steps optimizer steps, real tokens/s after --scale-warmup of them (the rows only need to
+exist: the run does not go through all of them). The two alternate which runs first.
+
+--cpu is a dry run of every code path here on a machine without a GPU: the embedded model, the hf
+backend and the reference scripts' --backend hf, tiny sequences and step counts. Its numbers mean
+nothing; it shows that a device run will go through.
 
 Every variant runs in its own process (Unsloth patches transformers process-wide). Prints the
 ratios a/b and a/c, and MFU with the FLOP formula of bench/_shared.py:flops_per_token.
@@ -40,9 +53,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _shared import SHAPES, flops_per_token, peak_tflops, step_profile, write_chat_rows, write_text_rows  # noqa: E402,E501
+from data_inspect import generate as generate_sharegpt  # noqa: E402
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/slothctl-bench"))
 BATCH = {"smollm2-135m": 8, "qwen3-1.7b": 4, "llama-3-8b": 2}
+SCALE_SHAPE = "qwen3-1.7b"
+SHAREGPT = {"human_sentences": (1, 8), "gpt_sentences": (2, 21)}  # bench/data_scale.py's rows
+CPU = False  # --cpu: the dry run (module docstring)
 
 
 def embedded_folder() -> Path:
@@ -59,8 +76,9 @@ def shape_config(shape: str) -> dict:
 
 
 def build_model(shape: str) -> Path:
-    """A random-initialised model of the shape, saved once (bf16) with the embedded tokenizer."""
-    if shape == "smollm2-135m":
+    """A random-initialised model of the shape, saved once (bf16) with the embedded tokenizer (the
+    embedded model itself in a --cpu dry run)."""
+    if shape == "smollm2-135m" or CPU:
         return embedded_folder()
     target = WORK / "models" / shape
     if (target / "config.json").is_file():
@@ -110,6 +128,7 @@ name = "bench"
     return folder
 
 
+CHILD_TIMEOUT_S = int(os.environ.get("BENCH_CHILD_TIMEOUT_S", "420"))  # a hung child costs this, not the lease
 DIAGNOSE = {"TORCH_LOGS": "recompiles"}  # count torch.compile recompilations (one stderr line each)
 
 
@@ -126,8 +145,11 @@ def fresh_run_env(fresh_project: Path, **extra: str) -> dict:
 def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
     """Run `slothctl train --json` in a fresh process; steady-state tokens/s from its step events."""
     env = fresh_run_env(project, **(DIAGNOSE if diagnose else {}))
-    proc = subprocess.run([sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timed out after {CHILD_TIMEOUT_S} s: {(exc.stderr or b'')[-2000:]!r}"}
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -137,7 +159,8 @@ def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
     result = {"tokens_per_s": (last["tokens"] - first["tokens"]) / (last["elapsed"] - first["elapsed"]),
               "epoch_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
               "peak_vram_gb": summary["peak_vram_gb"], "mean_loss": sum(e["loss"] for e in steps) / len(steps),
-              "steps": len(steps), "backend": summary["backend"]}
+              "steps": len(steps), "backend": summary["backend"],
+              "batching": next((e.get("batching") for e in events if e["event"] == "start"), None)}
     if diagnose:
         elapsed = [e["elapsed"] for e in steps]
         result.update(step_profile([b - a for a, b in zip(elapsed, elapsed[1:])]),
@@ -147,9 +170,14 @@ def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
 
 def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
     out = WORK / f"{script}-{time.time_ns()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **(DIAGNOSE if diagnose else {})}
-    proc = subprocess.run([sys.executable, str(HERE / script), *args, str(out)], capture_output=True, text=True,
-                          cwd=HERE, env=env)
+    backend = ["--backend", "hf"] if CPU and script in ("raw_unsloth.py", "raw_loop.py") else []
+    try:
+        proc = subprocess.run([sys.executable, str(HERE / script), *args, str(out), *backend], capture_output=True,
+                              text=True, cwd=HERE, env=env, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timed out after {CHILD_TIMEOUT_S} s: {(exc.stderr or b'')[-2000:]!r}"}
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
     result = json.loads(out.read_text())
@@ -159,7 +187,7 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
 
 
 NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
-         "e": "e_raw_hf_plain_loss"}
+         "e": "e_raw_hf_plain_loss", "f": "f_raw_loop"}
 
 
 def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
@@ -170,11 +198,13 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     runs: dict[str, list[dict]] = {}
     for variant in variants:
         if variant in "ad":
-            backend = "unsloth" if variant == "a" else "hf"
+            backend = "unsloth" if variant == "a" and not CPU else "hf"
             result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
                                                    backend, batching="auto"), warmup)
         elif variant == "b":
             result = run_script("raw_unsloth.py", str(model), str(data), *common)
+        elif variant == "f":
+            result = run_script("raw_loop.py", str(model), str(data), *common)
         else:
             result = run_script("raw_hf.py", str(model), str(data), *common,
                                 *(["--plain-loss"] if variant == "e" else []))
@@ -183,20 +213,22 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     results = {name: merge_runs(found) for name, found in runs.items()}
     summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
                "results": results}
-    a, b, c = (results.get(NAMES[k], {}) for k in "abc")
-    if "tokens_per_s" in a and "tokens_per_s" in b:
-        summary["a_over_b_tokens"] = a["tokens_per_s"] / b["tokens_per_s"]
-        summary["a_over_b_vram"] = a["peak_vram_gb"] / b["peak_vram_gb"]
-    if "tokens_per_s" in a and "tokens_per_s" in c:
-        summary["a_over_c_tokens"] = a["tokens_per_s"] / c["tokens_per_s"]
-        summary["a_over_c_vram"] = a["peak_vram_gb"] / c["peak_vram_gb"]
+    a = results.get(NAMES["a"], {})
+    for other in "bcf":
+        o = results.get(NAMES[other], {})
+        if "tokens_per_s" in a and "tokens_per_s" in o:
+            summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
+            if a.get("peak_vram_gb") and o.get("peak_vram_gb"):
+                summary[f"a_over_{other}_vram"] = a["peak_vram_gb"] / o["peak_vram_gb"]
     return summary
 
 
 def fixed_data(seq: int, steps: int) -> Path:
-    data = WORK / "data" / f"text-{seq}.jsonl"
+    """Text rows longer than `seq` tokens (so every row is truncated to it), enough for `steps`."""
+    rows = max(BATCH.values()) * (steps + 4)
+    data = WORK / "data" / f"text-{seq}-{rows}.jsonl"
     if not data.exists():
-        write_text_rows(data, rows=max(BATCH.values()) * (steps + 4), words_per_row=seq + 64)
+        write_text_rows(data, rows=rows, words_per_row=seq + 64)
     return data
 
 
@@ -258,6 +290,57 @@ def variable_length(rows: int, strategies: list[str]) -> dict:
     return out
 
 
+def sharegpt_rows(rows: int) -> Path:
+    """bench/data_scale.py's generated ShareGPT rows (seeded), written once."""
+    data = WORK / "data" / f"sharegpt-{rows}.jsonl"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        generate_sharegpt(data, rows, seed=0, **SHAREGPT)
+    return data
+
+
+def defaults_project(name: str, model: Path, data: Path, bs: int, ga: int, steps: int, seq: int) -> Path:
+    """A slothctl project with its defaults, but for the batch, the steps and no checkpoint."""
+    folder = WORK / "projects" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "slothctl.toml").write_text(
+        f'[model]\nname = "{model}"\n' + (f"max_seq_length = {seq}\n" if seq != 2048 else "")
+        + f'[data]\nsource = "{data}"\n'
+        + f"[train]\nbatch_size = {bs}\ngradient_accumulation_steps = {ga}\nmax_steps = {steps}\nsave_steps = 0\n"
+        + '[output]\nname = "bench"\n')
+    return folder
+
+
+def at_scale(rows_list: list[int], batches: list[tuple[int, int]], steps: int, warmup: int, seq: int,
+             save=lambda entries: None) -> list[dict]:
+    """slothctl's defaults against the notebook-style script on ShareGPT rows, per (rows, BSxGA);
+    `save` gets the entries so far after each one."""
+    model = build_model(SCALE_SHAPE)
+    out: list[dict] = []
+    for index, (rows, (bs, ga)) in enumerate((r, b) for r in rows_list for b in batches):
+        data = sharegpt_rows(rows)
+        order = ("unsloth_default", "slothctl") if index % 2 == 0 else ("slothctl", "unsloth_default")
+        results = {}
+        for name in order:
+            if name == "unsloth_default":
+                results[name] = run_script("raw_unsloth.py", str(model), str(data), "--chat", "--seq", str(seq),
+                                           "--bs", str(bs), "--ga", str(ga), "--steps", str(steps),
+                                           "--warmup", str(warmup), diagnose=True)
+            else:
+                project = defaults_project(f"scale-{rows}-{bs}x{ga}", model, data, bs, ga, steps, seq)
+                results[name] = run_slothctl(project, warmup=warmup, diagnose=True)
+            print("scale", rows, f"{bs}x{ga}", name, json.dumps(results[name]), flush=True)
+        entry = {"shape": SCALE_SHAPE, "rows": rows, "batch_size": bs, "gradient_accumulation_steps": ga,
+                 "effective_batch": bs * ga, "steps": steps, "warmup": warmup, "order": list(order),
+                 "results": results}
+        mine, theirs = results["slothctl"].get("tokens_per_s"), results["unsloth_default"].get("tokens_per_s")
+        if mine and theirs:
+            entry["speedup"] = mine / theirs
+        out.append(entry)
+        save(out)
+    return out
+
+
 def environment() -> dict:
     import torch
 
@@ -286,7 +369,8 @@ def report(results: dict) -> None:
             vram = f"{r['peak_vram_gb']:.2f}" if r.get("peak_vram_gb") else "-"
             print(f"{shape:14} {variant:22} {r['tokens_per_s']:9.0f} {vram:>9} "
                   f"{f'{mfu:.1%}' if mfu else '-':>6}")
-        for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram"):
+        for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram",
+                      "a_over_f_tokens", "a_over_f_vram"):
             if ratio in data:
                 print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
     if "varlen" in results:
@@ -296,6 +380,14 @@ def report(results: dict) -> None:
             rate = r.get("epoch_tokens_per_s", r.get("tokens_per_s"))
             loss = r.get("mean_loss", r.get("train_loss"))
             print(f"  {k:18} {rate or 0:9.0f} tok/s  loss {loss or 0:.4f}  x{speed or 0:.2f}")
+    if results.get("scale"):
+        print("\nat scale: slothctl defaults vs the notebook-style script (real tokens/s after warm-up):")
+        for e in results["scale"]:
+            mine, theirs = (e["results"][k].get("tokens_per_s") for k in ("slothctl", "unsloth_default"))
+            batching = e["results"]["slothctl"].get("batching", {}).get("strategy", "?")
+            print(f"  {e['rows']:>7,} rows  batch {e['batch_size']}x{e['gradient_accumulation_steps']}  "
+                  f"slothctl {mine or 0:8.0f} ({batching})  notebook {theirs or 0:8.0f}  "
+                  f"x{e.get('speedup', 0):.2f}")
 
 
 def main() -> None:
@@ -311,7 +403,16 @@ def main() -> None:
     parser.add_argument("--varlen-rows", type=int, default=512)
     parser.add_argument("--profile", action="store_true", help="also profile (a) and (b) kernel by kernel "
                                                               "on each shape (JSON beside --out)")
+    parser.add_argument("--scale-rows", default="", help="comma list of row counts, e.g. 1000,10000")
+    parser.add_argument("--scale-batches", default="2x4,4x4", help="BSxGA list (batch size x accumulation)")
+    parser.add_argument("--scale-steps", type=int, default=12)
+    parser.add_argument("--scale-warmup", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="dry run without a GPU (module docstring)")
     args = parser.parse_args()
+    global CPU, WORK
+    CPU = args.cpu
+    if CPU:
+        WORK = WORK / "cpu"
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results["environment"] = environment()
@@ -323,6 +424,15 @@ def main() -> None:
             profile_pair(shape, args.seq, out.parent / f"{out.stem}-profiles")
     if args.varlen:
         results["varlen"] = variable_length(args.varlen_rows, args.varlen.split(","))
+    if args.scale_rows:
+        batches = [tuple(int(n) for n in b.split("x")) for b in args.scale_batches.split(",")]
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(entries: list[dict]) -> None:
+            out.write_text(json.dumps({**results, "scale": entries}, indent=2))
+
+        results["scale"] = at_scale([int(r) for r in args.scale_rows.split(",")], batches, args.scale_steps,
+                                    args.scale_warmup, args.seq, save)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     report(results)

@@ -36,7 +36,7 @@ def chatml_pieces(row: dict) -> list[tuple[str, bool]]:
     for turn in row["conversations"]:
         role = roles[turn["from"]]
         if role == "assistant":
-            pieces += [("<|im_start|>assistant\n", False), (turn["value"] + "<|im_end|>\n", True)]
+            pieces += [("<|im_start|>assistant\n", False), (turn["value"] + "<|im_end|>", True), ("\n", False)]
         else:
             pieces.append((f"<|im_start|>{role}\n{turn['value']}<|im_end|>\n", False))
     merged: list[tuple[str, bool]] = []  # neighbouring prompt pieces are one segment
@@ -102,7 +102,7 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
     examples = result.json()["examples"]
     assert [e["row"] for e in examples] == [1, 2]
     second = examples[1]["spans"]
-    assert [s["text"] for s in second if s["trained"]] == ["Hello", "<|im_end|>", "\n", "Bye!", "<|im_end|>", "\n"]
+    assert [s["text"] for s in second if s["trained"]] == ["Hello", "<|im_end|>", "Bye!", "<|im_end|>"]
     assert {s["text"] for s in second if s["special"]} == {"<|im_start|>", "<|im_end|>"}
     human = run_cli("data", "inspect", str(data), "--model", MODEL, "--show", "1", env=env)
     assert human.returncode == 0, human.stderr
@@ -194,7 +194,7 @@ def test_format_cache_hit_miss_stale_and_out(tmp_path, env):
     assert (first["rows"], first["train_rows"], first["invalid"], first["no_trained_tokens"]) == (8, 5, 2, 1)
     review = [json.loads(line) for line in (tmp_path / "review.jsonl").read_text().splitlines()]
     assert [r["row"] for r in review] == [1, 2, 3, 7, 8] and review[0]["origin"] == "d.jsonl:1"
-    assert review[0]["trained"] == ["4<|im_end|>\n"] and review[0]["text"].endswith("assistant\n4<|im_end|>\n")
+    assert review[0]["trained"] == ["4<|im_end|>"] and review[0]["text"].endswith("assistant\n4<|im_end|>\n")
     again = fmt()
     assert again["hit"] is True and again["key"] == first["key"]
     assert fmt("--set", "model.max_seq_length=64")["hit"] is False  # every token-changing key is in the key

@@ -30,21 +30,21 @@ def trained_text(tok, prepared, i=0):
 
 @pytest.mark.parametrize("rows, fmt, reason, reply", [
     ([sharegpt(("system", "Be kind."), ("human", "Hi"), ("gpt", "Hello!"))] * 2, "sharegpt",
-     "detected sharegpt: column `conversations` with from/value keys in 2/2 rows", "Hello!<|im_end|>\n"),
+     "detected sharegpt: column `conversations` with from/value keys in 2/2 rows", "Hello!<|im_end|>"),
     ([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}], "messages",
-     "detected messages: column `messages` with role/content keys in 1/1 rows", "Hello!<|im_end|>\n"),
+     "detected messages: column `messages` with role/content keys in 1/1 rows", "Hello!<|im_end|>"),
     ([{"conversations": [{"role": "developer", "content": "Be kind."}, {"role": "user", "content": "Hi"},
                          {"role": "assistant", "content": [{"type": "text", "text": "Y"},
                                                            {"type": "text", "text": "o"}]}]}], "messages",
-     "detected messages: column `conversations` with role/content keys in 1/1 rows", "Yo<|im_end|>\n"),
+     "detected messages: column `conversations` with role/content keys in 1/1 rows", "Yo<|im_end|>"),
     ([{"instruction": "Add", "input": "2 and 3", "output": "5"},
       {"instruction": "Say hi", "input": "", "output": "hi"}], "alpaca",
-     "detected alpaca: columns `instruction` and `output` in 2/2 rows", "5<|im_end|>\n"),
+     "detected alpaca: columns `instruction` and `output` in 2/2 rows", "5<|im_end|>"),
     ([{"prompt": "Capital of Peru?", "completion": "Lima"}], "prompt_completion",
-     "detected prompt_completion: columns `prompt` and `completion` in 1/1 rows", "Lima<|im_end|>\n"),
+     "detected prompt_completion: columns `prompt` and `completion` in 1/1 rows", "Lima<|im_end|>"),
     ([{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}]}],
      "prompt_completion", "detected prompt_completion: columns `prompt` and `completion` in 1/1 rows",
-     "Hey<|im_end|>\n"),
+     "Hey<|im_end|>"),
     ([{"text": "Sloths move slowly."}], "text", "detected text: column `text` in 1/1 rows",
      "Sloths move slowly.<|im_end|>"),
 ])
@@ -93,7 +93,7 @@ def test_csv_json_parquet_txt_and_a_mixed_folder(tmp_path, embedded_model, tok):
     with open(chats, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["conversations"], [json.dumps(turns)]])
     prepared = run(tmp_path, embedded_model, tok, chats)
-    assert prepared.format == "sharegpt" and trained_text(tok, prepared) == "Yo<|im_end|>\n"
+    assert prepared.format == "sharegpt" and trained_text(tok, prepared) == "Yo<|im_end|>"
 
 
 def test_columns_max_rows_and_dropped_rows(tmp_path, embedded_model, tok):

@@ -34,14 +34,23 @@ def llama3_folder(tmp_path_factory, embedded_model) -> Path:
                                   "pad_token": None, "unk_token": None})
 
 
-def expected(tok, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
-    """Token ids and labels written out by hand: each piece tokenized on its own, trained or not."""
-    ids, labels = [], []
-    for text, trained in pieces:
-        encoded = tok.backend.encode(text, add_special_tokens=False).ids
-        ids += encoded
-        labels += encoded if trained else [IGNORE] * len(encoded)
-    return ids, labels
+def trained_runs(tok, example) -> list[str]:
+    """The trained stretches of an example, each decoded on its own."""
+    runs, run = [], []
+    for token, label in zip(example.input_ids + [None], example.labels + [IGNORE]):
+        if label != IGNORE:
+            run.append(token)
+        elif run:
+            runs.append(tok.decode(run))
+            run = []
+    return runs
+
+
+def assert_masks(tok, example, pieces: list[tuple[str, bool]]) -> None:
+    """The example is the whole text written out by hand, tokenized in one piece (as
+    apply_chat_template does), and its trained tokens are exactly the trained pieces."""
+    assert example.input_ids == tok.backend.encode("".join(t for t, _ in pieces), add_special_tokens=False).ids
+    assert trained_runs(tok, example) == [text for text, trained in pieces if trained]
 
 
 def only_example(tmp_path: Path, model, rows: list, **data):
@@ -53,14 +62,14 @@ def only_example(tmp_path: Path, model, rows: list, **data):
 
 def test_chatml_own_template_masks_every_assistant_turn(tmp_path, embedded_model):
     prepared, example, tok = only_example(tmp_path, embedded_model, [TWO_TURNS])
-    ids, labels = expected(tok, [
+    assert_masks(tok, example, [
         (SMOL_SYSTEM + "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Hi there!<|im_end|>\n", True),
-        ("<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Bye!<|im_end|>\n", True)])
-    assert example.input_ids == ids and example.labels == labels
+        ("Hi there!<|im_end|>", True),
+        ("\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n", False),
+        ("Bye!<|im_end|>", True),
+        ("\n", False)])  # what follows the end of a turn is not the reply's
     trained = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE]
-    assert tok.decode(trained) == "Hi there!<|im_end|>\nBye!<|im_end|>\n"
+    assert tok.decode(trained) == "Hi there!<|im_end|>Bye!<|im_end|>"
     assert trained.count(2) == 2  # each reply's <|im_end|> (eos, id 2) is learnt
     assert prepared.template.name == "tokenizer" and prepared.report["end_of_turn"] == "<|im_end|>"
     assert prepared.report["pad_token"] == "<|endoftext|>"  # distinct from eos
@@ -70,12 +79,12 @@ def test_alpaca_template_masks_replies_and_ends_with_eos(tmp_path, embedded_mode
     row = sharegpt(("system", "Answer briefly."), ("human", "Hello"), ("gpt", "Hi there!"), ("human", "Again"),
                    ("gpt", "Bye!"))
     prepared, example, tok = only_example(tmp_path, embedded_model, [row], chat_template="alpaca")
-    ids, labels = expected(tok, [
+    assert_masks(tok, example, [
         ("Answer briefly.\n\n### Instruction:\nHello\n\n### Response:\n", False),
-        ("Hi there!<|im_end|>\n\n", True),
-        ("### Instruction:\nAgain\n\n### Response:\n", False),
-        ("Bye!<|im_end|>\n\n", True)])
-    assert example.input_ids == ids and example.labels == labels
+        ("Hi there!<|im_end|>", True),
+        ("\n\n### Instruction:\nAgain\n\n### Response:\n", False),
+        ("Bye!<|im_end|>", True),
+        ("\n\n", False)])
     assert prepared.template.name == "alpaca" and prepared.template.end_of_turn == "<|im_end|>"
 
 
@@ -83,12 +92,11 @@ def test_llama3_template_masks_trims_and_uses_eot(tmp_path, llama3_folder):
     row = sharegpt(("human", "  Hello \n"), ("gpt", "Hi there! "), ("human", "Again"), ("gpt", "Bye!"))
     prepared, example, tok = only_example(tmp_path, llama3_folder, [row], chat_template="llama-3")
     header = "<|start_header_id|>{}<|end_header_id|>\n\n"
-    ids, labels = expected(tok, [
+    assert_masks(tok, example, [
         ("<|begin_of_text|>" + header.format("user") + "Hello<|eot_id|>" + header.format("assistant"), False),
         ("Hi there!<|eot_id|>", True),
         (header.format("user") + "Again<|eot_id|>" + header.format("assistant"), False),
         ("Bye!<|eot_id|>", True)])
-    assert example.input_ids == ids and example.labels == labels
     assert example.input_ids[-1] == tok.token_to_id("<|eot_id|>")  # ends with the end of turn, no <|end_of_text|>
     assert prepared.report["end_of_turn"] == "<|eot_id|>"
     assert prepared.report["pad_token"] not in (None, "<|eot_id|>", "<|end_of_text|>")
@@ -96,7 +104,7 @@ def test_llama3_template_masks_trims_and_uses_eot(tmp_path, llama3_folder):
 
 def test_text_rows_and_whole_conversation_training(tmp_path, embedded_model, smol):
     _, example, tok = only_example(tmp_path, embedded_model, [{"text": "Sloths are slow."}])
-    assert example.input_ids == expected(tok, [("Sloths are slow.<|im_end|>", True)])[0]
+    assert_masks(tok, example, [("Sloths are slow.<|im_end|>", True)])
     assert IGNORE not in example.labels
     _, example, tok = only_example(tmp_path, embedded_model, [TWO_TURNS], train_on_responses_only=False)
     assert IGNORE not in example.labels and example.input_ids[-2:] == [2, tok.token_to_id("Ċ")]

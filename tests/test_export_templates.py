@@ -33,6 +33,21 @@ def test_go_renderer_follows_go_trimming_rules():
     assert gotemplate.render(source, data) == "A\n  [user]U\n  [bot]C\n  [bot]E Z"
 
 
+def test_go_renderer_variables_builtins_and_scopes():
+    """What Ollama's family templates use: `$` and declared variables, assignment across a range,
+    parentheses, len/slice/eq/and/not, and variables that end with their block."""
+    source = ('{{- $first := true }}{{- range $i, $m := .Messages }}{{ if $first }}[{{ $.System }}]{{ $first = false }}'
+              '{{ end }}{{ $i }}:{{ $m.Role }}{{ if and (eq .Role "user") (eq (len (slice $.Messages $i)) 1) }}!'
+              '{{ else if not .Content }}?{{ end }} {{ end }}{{ $first }}')
+    data = {"System": "S", "Messages": [{"Role": "user", "Content": "a"}, {"Role": "bot", "Content": ""},
+                                        {"Role": "user", "Content": "b"}]}
+    assert gotemplate.render(source, data) == "[S]0:user 1:bot? 2:user! false"
+    with pytest.raises(gotemplate.TemplateError):
+        gotemplate.render("{{ range .Messages }}{{ $x := 1 }}{{ end }}{{ $x }}", {"Messages": [1]})
+    with pytest.raises(gotemplate.TemplateError):
+        gotemplate.render("{{ if .A }}x", {})
+
+
 def test_chatml_template_of_the_embedded_model_translates_with_its_default_system(tok):
     chat = translate(tok.chat_template, tok)
     assert chat.family == "chatml" and chat.system.startswith("You are a helpful AI assistant named SmolLM")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import assert_usage_error, make_project, run_cli
+from conftest import assert_usage_error, final_error, make_project, run_cli
 from slothctl.runs import RunPaths, read_metrics
 from slothctl.training import launcher
 from slothctl.training.batching import LengthGroupedBatches
@@ -130,8 +130,9 @@ def test_ctrl_c_stops_every_rank_after_a_checkpoint_and_one_rank_resumes_with_a_
     assert len(stopped) == 1 and len(process.of("stopping")) == 1
     step = stopped[0]["step"]
     assert [s for s, _ in RunPaths(run).checkpoints()] == [step]  # saved by rank 0 where every rank stopped
-    errors = [line for line in process.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and f"after step {step}" in errors[0] and "resume" in errors[0], process.stderr[-2000:]
+    error = final_error(process.stderr)
+    assert f"after step {step}" in error and "Hint: continue with: slothctl resume" in process.stderr, \
+        process.stderr[-2000:]
 
     result = run_cli("resume", "--json", cwd=project)  # on one rank: the global batch halves
     assert result.returncode == 0, result.stderr[-3000:]
@@ -154,15 +155,17 @@ def test_a_rank_that_dies_stops_the_others_with_one_line_naming_it(tmp_path, emb
     assert process.finish() == 1, process.stderr[-3000:]
     assert not psutil.wait_procs(family, timeout=30)[1]
     lines = [line for line in process.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: rank 1 died by SIGKILL"), process.stderr[-3000:]
-    log = Path(lines[0].split("the output of every rank is in ")[1].rstrip(")"))
+    assert len(lines) == 2 and lines[0].startswith("Error: rank 1 died by SIGKILL"), process.stderr[-3000:]
+    assert lines[1].startswith("Hint: the output of every rank is in "), process.stderr[-3000:]
+    log = Path(lines[1].split("the output of every rank is in ")[1])
     assert log.is_file() and "exitcode" in log.read_text()
     assert process.of("error")[0]["exit_code"] == 1
 
 
 def test_gpus_is_checked_before_anything_runs(project, monkeypatch):
-    assert_usage_error(run_cli("train", "--gpus", "0", cwd=project), "[train] gpus", "at least 1")
-    assert_usage_error(run_cli("train", "--gpus", "all", cwd=project), "[train] gpus", '"auto"')
+    assert_usage_error(run_cli("train", "--gpus", "0", cwd=project), "--gpus 0", "at least 1")
+    assert_usage_error(run_cli("train", "--gpus", "all", cwd=project), "--gpus all", '"auto"')
+    assert_usage_error(run_cli("train", "--set", "train.gpus=0", cwd=project), "[train] gpus", "at least 1")
     assert not (project / "runs").exists()
     monkeypatch.setattr(launcher, "cuda_count", lambda: 2)
     assert launcher.ranks_wanted("auto") == 2 and launcher.ranks_wanted(1) == 1

@@ -37,6 +37,9 @@ def test_hook_exists_with_its_parameters_and_is_still_called(hook):
         caller = resolve(hook.caller)
         name = hook.target.rsplit(".", 1)[-1]
         assert name in inspect.getsource(caller), f"{hook.caller} no longer calls {name}: {hook.why}"
+    source = inspect.getsource(found) if hook.mentions else ""
+    for name in hook.mentions:
+        assert name in source, f"{hook.target} no longer uses {name}: {hook.why}"
 
 
 def test_private_names_are_used_only_through_private_py():

@@ -22,7 +22,7 @@ from slothctl import backends, libraries, models
 from slothctl.backends import LoadOptions
 from slothctl.config import Config, ModelConfig
 from slothctl.data.templates import choose_for_hf_tokenizer
-from slothctl.data.chat_template import after_reply, render
+from slothctl.data.chat_template import after_reply, fold_system, lacks_system_role, render
 from slothctl.errors import UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.resources import chat_template_text
@@ -140,6 +140,10 @@ class Conversation:
 
 
 def render_prompt(template: str, messages: list[dict], bos: str | None, eos: str | None) -> str:
+    """The prompt text; a system prompt goes into the first user turn where the template has no system
+    role (Gemma), exactly as the training data was rendered."""
+    if messages and messages[0]["role"] == "system" and lacks_system_role(template, bos, eos):
+        messages = fold_system(messages)
     try:
         return render(template, messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
     except Exception as exc:  # noqa: BLE001 - jinja raises many kinds; all mean "cannot render"

@@ -52,7 +52,7 @@ class Backend(Protocol):
 
     def add_lora(self, model: Any, lora: LoraConfig, *, seed: int, gradient_checkpointing: bool,
                  max_seq_length: int) -> Any:
-        """The model with trainable LoRA layers made from `lora_arguments(lora)`."""
+        """The model with trainable LoRA layers made from `lora_arguments(lora, model)`."""
         ...
 
     def trainer_overrides(self, packing: bool) -> dict[str, Any]:
@@ -75,11 +75,29 @@ class Backend(Protocol):
         ...
 
 
-def lora_arguments(lora: LoraConfig) -> dict[str, Any]:
+def lora_arguments(lora: LoraConfig, model: Any = None) -> dict[str, Any]:
     """[lora] as the keyword arguments that both PEFT's `LoraConfig` and Unsloth's
-    `FastLanguageModel.get_peft_model` take."""
+    `FastLanguageModel.get_peft_model` take; with `model`, target_modules as it names its layers."""
+    targets = list(lora.target_modules)
     return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": lora.bias,
-            "target_modules": list(lora.target_modules), "use_rslora": lora.use_rslora}
+            "target_modules": lora_targets(model, targets) if model is not None else targets,
+            "use_rslora": lora.use_rslora}
+
+
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def lora_targets(model: Any, names: list[str]) -> list[str]:
+    """[lora] target_modules as this architecture names its layers: Phi 3 fuses q/k/v into `qkv_proj`
+    and gate/up into `gate_up_proj`, so the usual seven names would adapt only o_proj and down_proj
+    (PEFT is silent when some names match). A fused layer replaces the separate names it holds."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = list(names)
+    for fused, parts in FUSED_PROJECTIONS.items():
+        missing = [p for p in parts if p in targets and p not in present]
+        if fused in present and missing and fused not in targets:
+            targets = [t for t in targets if t not in missing] + [fused]
+    return targets
 
 
 def cuda_available() -> bool:

@@ -85,7 +85,7 @@ class HFBackend:
 
         torch.manual_seed(seed)  # LoRA's A matrices are initialised randomly
         try:
-            model = get_peft_model(model, PeftLoraConfig(**lora_arguments(lora), task_type="CAUSAL_LM"))
+            model = get_peft_model(model, PeftLoraConfig(**lora_arguments(lora, model), task_type="CAUSAL_LM"))
         except ValueError as exc:
             raise UsageError(f"[lora] target_modules: {exc}",
                              "list module names that exist in the model, e.g. q_proj, v_proj") from None

@@ -76,7 +76,8 @@ class UnslothBackend:
 
         try:
             return FastLanguageModel.get_peft_model(
-                model, **lora_arguments(lora), use_gradient_checkpointing=_gradient_checkpointing(gradient_checkpointing),
+                model, **lora_arguments(lora, model),
+                use_gradient_checkpointing=_gradient_checkpointing(gradient_checkpointing),
                 random_state=seed, max_seq_length=max_seq_length)
         except ValueError as exc:
             raise UsageError(f"[lora] target_modules: {exc}") from None

@@ -36,7 +36,7 @@ Part = str | tuple[str, str]  # a plain string, or (text, rich style) for a colo
 
 class Output:
     def __init__(self, mode: Mode = "human", aside_events: bool = False, silent: bool = False,
-                 on_error: Callable[[str, int], None] | None = None):
+                 on_error: Callable[[str, int, str | None], None] | None = None):
         """`aside_events`: library events are an aside for people, for commands whose stdout is one
         document (data inspect) or only answers (chat): `--json` keeps them off stdout (warnings go
         to stderr as text), and status messages only animate a spinner on a terminal."""
@@ -152,7 +152,7 @@ class Output:
         if self.json_mode:
             self.json({"event": "error", "message": message, "hint": hint, "exit_code": exit_code})
         if self.on_error is not None:
-            self.on_error(message, exit_code)
+            self.on_error(message, exit_code, hint)
 
     def close(self) -> None:
         """Stop live displays (a progress bar, a spinner) so that the next line prints below them."""

@@ -33,8 +33,8 @@ from slothctl.data.templates import ChatTemplate
 from slothctl.data.tokenizer import TextTokenizer
 from slothctl.runs import atomic_dir, file_sha256, write_json_atomic
 
-PIPELINE_VERSION = "3"  # bump when the same inputs would give other tokens or another layout (2: empty replies
-# are dropped; 3: the rows in one Arrow file)
+PIPELINE_VERSION = "4"  # bump when the same inputs would give other tokens or another layout (2: empty replies
+# are dropped; 3: the rows in one Arrow file; 4: rows tokenized whole, replies trained through their end of turn)
 TOKENS = "tokens.arrow"
 ARRAYS = ("full_lengths", "row_numbers", "is_eval")
 

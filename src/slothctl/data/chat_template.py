@@ -162,3 +162,37 @@ def after_reply(template_source: str, bos_token: str | None = "", eos_token: str
     except Exception:  # noqa: BLE001 - a template that rejects the probe: the caller falls back to eos
         return ""
     return text.split(REPLY_MARK, 1)[1] if REPLY_MARK in text else ""
+
+
+# ---- templates without a system role --------------------------------------------------------------------------
+
+SYSTEM_PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+
+
+@functools.lru_cache(maxsize=8)
+def lacks_system_role(template_source: str, bos_token: str | None = "", eos_token: str | None = "") -> bool:
+    """Whether the template refuses a system message (Gemma's raises 'System role not supported')
+    while it renders the same conversation without one."""
+    try:
+        render(template_source, SYSTEM_PROBE, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+        return False
+    except Exception:  # noqa: BLE001 - any refusal
+        pass
+    try:
+        render(template_source, SYSTEM_PROBE[1:], add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+        return True
+    except Exception:  # noqa: BLE001 - a template that renders nothing: not a system-role question
+        return False
+
+
+SYSTEM_RULE = "merged into the first user turn (the chat template has no system role)"
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """A leading system message merged into the first user turn ("system\\n\\nuser"), the way Gemma's
+    own later templates do it; anything else is left for the template to judge."""
+    if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        system, first = messages[0]["content"], messages[1]
+        content = f"{system}\n\n{first['content']}" if system else first["content"]
+        return [{**first, "content": content}] + messages[2:]
+    return messages

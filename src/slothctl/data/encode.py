@@ -2,10 +2,11 @@
 
 A conversation is rendered with the chat template and cut into segments: the text before each
 assistant reply (not trained) and the reply itself up to and including its end-of-turn token
-(trained). The cuts come from the template itself: the prompt for reply i is the rendering of the
-messages before it with the generation prompt, the reply ends where the rendering of the messages
-up to it ends. Each segment is tokenized on its own, exactly as `chat` tokenizes a prompt and the
-model then generates the reply, so no per-model string matching is involved.
+(trained). The cuts come from the template itself: reply i starts where the rendering of the
+messages before it with the generation prompt ends (what `chat` feeds the model), its text is found
+by rendering once more with a marker in its place, and it ends with the end-of-turn token written
+after that text; no per-model string matching is involved. The whole row is then tokenized in one
+piece, as transformers' `apply_chat_template` does, and a token is trained when it starts in a reply.
 
 Rendering every prefix of every row is slow (the Jinja sandbox costs ~50 µs a call), so for
 templates that only copy contents into their output (chat_template.content_use) the cuts are
@@ -16,13 +17,14 @@ agree, else that shape keeps using the slow way.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 
-from slothctl.data.chat_template import content_use, render
+from slothctl.data.chat_template import content_use, fold_system, lacks_system_role, render
 from slothctl.data.formats import RowError
 from slothctl.data.tokenizer import TextTokenizer
 
@@ -122,6 +124,9 @@ class Tokenized:
 # ---- cutting conversations ----------------------------------------------------------------------------------------
 
 _OPEN, _CLOSE, _PAD_L, _PAD_R = "\u27e6", "\u27e7", "\u2002", "\u2003"  # ⟦ ⟧ en-space em-space
+# Put in a reply's place to find it: its first and last characters differ from any placeholder's,
+# trimmed or not, so the renderings with and without it part exactly where the reply does.
+_MARK = "\u27eaSLOTHCTL-REPLY-7f3a\u27eb"  # ⟪…⟫
 _PLACEHOLDER = re.compile(f"({_PAD_L}?){_OPEN}(\\d+){_CLOSE}({_PAD_R}?)")
 
 
@@ -143,6 +148,7 @@ class Segmenter:
         self.bos, self.eos = tok.bos_token, tok.eos_token
         self.responses_only = responses_only
         self.use = content_use(template) if template else "inspected"
+        self.folds_system = bool(template) and lacks_system_role(template, self.bos, self.eos)
         self.plans: dict[tuple, _Plan | TemplateFailure | None] = {}
 
     # The exact way: render every prefix.
@@ -156,42 +162,53 @@ class Segmenter:
 
     def exact(self, messages: list[dict]) -> Segments:
         full = self._draw(messages)
-        if not self.responses_only:
-            segments: Segments = [(full, True)]
-        elif not any(m["role"] == "assistant" for m in messages):
-            segments = [(full, False)]
+        if self.responses_only and any(m["role"] == "assistant" for m in messages):
+            segments, closed = self._cut_at_replies(messages, full)
         else:
-            segments = self._cut_at_replies(messages, full)
-        if not full.rstrip().endswith(self.end):  # the template does not end the example: we do
+            segments = [(full, not self.responses_only)]
+            closed = full.rstrip().endswith(self.end) or bool(self.eos) and full.rstrip().endswith(self.eos)
+        if not closed:  # the template does not end the example: we do
             segments.append((self.end, not self.responses_only or messages[-1]["role"] == "assistant"))
         return segments
 
-    def _cut_at_replies(self, messages: list[dict], full: str) -> Segments:
+    def _cut_at_replies(self, messages: list[dict], full: str) -> tuple[Segments, bool]:
+        """Each reply is trained from where the generation prompt before it ends (what `chat` feeds the
+        model; Qwen 3's empty think block after it is part of the reply) through the end-of-turn token
+        after its text; what follows that token (a newline, the next turn) is not. Returns the segments
+        and whether the last reply ends with the end-of-turn token."""
         segments: Segments = []
-        done = 0  # characters of `full` already assigned
+        done, closed = 0, False  # characters of `full` already assigned
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._draw(messages[:i], generation_prompt=True) if i else ""
-            through = self._draw(messages[: i + 1])
-            if full.startswith(through) and through.startswith(prompt) and len(prompt) >= done:
-                start, end = len(prompt), len(through)
-            else:  # a template that renders earlier turns differently: find the reply in the full text
-                start = full.find(message["content"], done)
-                if start < 0 or not message["content"]:
-                    raise TemplateFailure("the chat template changes the assistant text, so its reply "
-                                          "cannot be located")
-                end = start + len(message["content"])
-                rest = full[end:]
-                if rest.lstrip().startswith(self.end):  # the reply's end-of-turn token is trained too
-                    end += len(rest) - len(rest.lstrip()) + len(self.end)
+            begin, finish = self._locate(messages, i, full)
+            if begin < done:
+                raise TemplateFailure("the chat template moves the assistant text, so its reply cannot be located")
+            prompt = self._draw(messages[:i], generation_prompt=True) if i else None  # a leading reply: its text
+            start = len(prompt) if prompt is not None and done <= len(prompt) <= begin and full.startswith(prompt) \
+                else begin
+            rest = full[finish:]
+            gap = len(rest) - len(rest.lstrip())
+            closed = rest[gap:].startswith(self.end)
+            end = finish + gap + len(self.end) if closed else finish
             if start > done:
                 segments.append((full[done:start], False))
             segments.append((full[start:end], True))
             done = end
         if done < len(full):
             segments.append((full[done:], False))
-        return segments
+        return segments, closed
+
+    def _locate(self, messages: list[dict], i: int, full: str) -> tuple[int, int]:
+        """Where message i's text is in `full`: render again with a marker in its place; the text is
+        what lies between the common beginning and the common end of both renderings."""
+        marked = self._draw([dict(m, content=_MARK) if j == i else m for j, m in enumerate(messages)])
+        if _MARK not in marked:
+            raise TemplateFailure("the chat template does not write the assistant text, so its reply "
+                                  "cannot be located")
+        begin = len(os.path.commonprefix([full, marked]))
+        tail = len(os.path.commonprefix([full[::-1], marked[::-1]]))
+        return begin, len(full) - min(tail, len(full) - begin, len(marked) - begin)
 
     # The fast way: one plan per shape.
     def _plan(self, roles: tuple) -> _Plan | TemplateFailure | None:
@@ -220,6 +237,8 @@ class Segmenter:
         return _Plan(segments, trims)
 
     def conversation(self, messages: list[dict]) -> Segments:
+        if self.folds_system and messages[0]["role"] == "system":
+            messages = fold_system(messages)
         if self.use == "inspected" or (self.use == "truthiness" and not all(m["content"] for m in messages)):
             return self.exact(messages)
         roles = tuple(m["role"] for m in messages)
@@ -258,21 +277,38 @@ def _merged(segments: Segments) -> Segments:
 # ---- tokenizing -----------------------------------------------------------------------------------------------
 
 def tokenize(batch: list[Segments], tok: TextTokenizer, max_length: int) -> Tokenized:
-    """Tokenize many rows' segments in one batch call; truncate each row to max_length tokens."""
+    """Tokenize many rows in one batch call; truncate each row to max_length tokens.
+
+    Each row's text is tokenized whole, as `apply_chat_template` does (tokenizing segments apart
+    differs wherever a tokenizer adds a prefix space or merges across the cut: SentencePiece
+    families), and a token is trained when it starts inside a trained segment."""
     if not batch:
         return Tokenized.concat([])
-    flat = [text for segments in batch for text, _ in segments]
-    flags = np.fromiter((trained for segments in batch for _, trained in segments), dtype=bool, count=len(flat))
-    id_lists = tok.encode_batch(flat)
-    seg_lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(seg_lengths.sum()))
-    trained = np.repeat(flags, seg_lengths)
-    segs_per_row = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
-    row_of_segment = np.repeat(np.arange(len(batch)), segs_per_row)
-    full = np.bincount(row_of_segment, weights=seg_lengths, minlength=len(batch)).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(full)[:-1]]).astype(np.int64)
-    position = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, full)
-    keep = position < max_length
-    kept = np.minimum(full, max_length)
+    texts = ["".join(text for text, _ in segments) for segments in batch]
+    encoded = tok.encode_batch_with_starts(texts)
+    lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+    ids = np.fromiter(chain.from_iterable(ids for ids, _ in encoded), dtype=np.int32, count=int(lengths.sum()))
+    starts = np.fromiter(chain.from_iterable(s for _, s in encoded), dtype=np.int64, count=len(ids))
+    # Trained character ranges, on one axis for all rows: row r's characters start at char_base[r].
+    char_base = np.concatenate([[0], np.cumsum([len(t) for t in texts])[:-1]]).astype(np.int64)
+    range_starts, range_ends, offset = [], [], 0
+    for row, segments in enumerate(batch):
+        offset = int(char_base[row])
+        for text, trained in segments:
+            if trained and text:
+                range_starts.append(offset)
+                range_ends.append(offset + len(text))
+            offset += len(text)
+    position = starts + np.repeat(char_base, lengths)
+    trained = np.zeros(len(ids), dtype=bool)
+    if range_starts:
+        range_starts_a, range_ends_a = np.asarray(range_starts), np.asarray(range_ends)
+        index = np.searchsorted(range_starts_a, position, side="right") - 1
+        inside = index >= 0
+        trained[inside] = position[inside] < range_ends_a[index[inside]]
+    row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    within = np.arange(len(ids), dtype=np.int64) - np.repeat(row_starts, lengths)
+    keep = within < max_length
+    kept = np.minimum(lengths, max_length)
     return Tokenized(ids[keep], trained[keep], np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
-                     full.astype(np.int32))
+                     lengths.astype(np.int32))

@@ -27,7 +27,8 @@ from slothctl.data import formats, tables
 from slothctl.data.encode import Encoded, Segmenter, TemplateFailure, Tokenized, tokenize
 from slothctl.data.report import Problem, build_report
 from slothctl.data.sources import Rows, read_source, resolve_source
-from slothctl.data.templates import ChatTemplate, choose_chat_template, pad_for, template_or_none
+from slothctl.data.templates import (ChatTemplate, choose_for_text_tokenizer, pad_for, system_turns,
+                                     template_or_none_for_text)
 from slothctl.data.tokenizer import TextTokenizer
 from slothctl.errors import DataError
 from slothctl.events import Emit, ignore, status, warning
@@ -160,7 +161,7 @@ def load_rows(cfg: Config, emit: Emit = ignore, strict: bool = False) -> Rows:
 
 
 def select_template(cfg: Config, tok: TextTokenizer) -> ChatTemplate:
-    return choose_chat_template(cfg.data.chat_template, tok.chat_template, tok.eos_token, tok.has_token)
+    return choose_for_text_tokenizer(cfg.data.chat_template, tok)
 
 
 def split_mask(n: int, eval_fraction: float, seed: int) -> np.ndarray:
@@ -358,7 +359,7 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
     in_train[np.flatnonzero(keep)[is_eval]] = False
     in_eval[np.flatnonzero(keep)[~is_eval]] = False
     kept = Tokenized.assemble(parts, in_train, in_eval)
-    pad = pad_for(template or template_or_none(data.chat_template, tok.chat_template, tok.eos_token, tok.has_token),
+    pad = pad_for(template or template_or_none_for_text(data.chat_template, tok),
                   tok.pad_token, tok.eos_token, tok.bos_token, tok.unk_token, tok.special_tokens)
     report = build_report(
         source=str(resolve_source(data.source, cfg.project_dir)), rows=len(source.rows), fmt=detection.format,
@@ -367,6 +368,9 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
         problems=problems, dropped=dropped, roles=roles, turns=turns, duplicates=duplicates,
         kept_tokens=len(kept.ids), kept_trained=int(kept.trained.sum()), train_rows=int((~is_eval).sum()),
         eval_rows=int(is_eval.sum()), eval_fraction=data.eval_fraction, seed=data.seed)
+    report["system_turns"] = system_turns(template, tok.bos_token, tok.eos_token, roles.get("system", 0))
+    if report["system_turns"] and report["system_turns"]["handling"] != "kept":
+        warning(emit, f"system turns are {report['system_turns']['handling']}")
     return Prepared(source=report["source"], format=detection.format, detection=detection.reason,
                     template=template, rows=len(source.rows), arrays=kept,
                     row_numbers=np.concatenate([numbers[in_train], numbers[in_eval]]),

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
+from slothctl.data.chat_template import SYSTEM_RULE, after_reply, lacks_system_role, render
 from slothctl.errors import DataError
 from slothctl.resources import chat_template_names, chat_template_text
 
@@ -44,16 +45,28 @@ class ChatTemplate:
         return "of the tokenizer" if self.name == "tokenizer" else f"`{self.name}`"
 
 
+def reply_end(template: str, eos_token: str | None, specials: Collection[str]) -> str | None:
+    """The special token a template writes right after an assistant reply (`<|im_end|>`, `<|eot_id|>`,
+    Gemma's `<end_of_turn>`, Phi's `<|end|>`, `</s>`…), or None when it writes none there. The
+    tokenizer's eos is often another token (Gemma: `<eos>`, Phi 3.5: `<|endoftext|>`), and a model
+    trained to end replies with eos would not stop where its template ends a turn."""
+    after = after_reply(template, eos_token=eos_token).lstrip()
+    found = [token for token in specials if token and after.startswith(token)]
+    return max(found, key=len) if found else None
+
+
 def choose_chat_template(choice: str, own_template: str | None, eos_token: str | None,
-                         has_token: Callable[[str], bool]) -> ChatTemplate:
-    """`auto`: the tokenizer's own template; for a tokenizer without one (a base model), the first
-    bundled template whose special tokens it has (chatml, llama-3), else alpaca. A name forces a
-    bundled template, which must not need tokens the tokenizer lacks."""
+                         has_token: Callable[[str], bool], specials: Collection[str] = ()) -> ChatTemplate:
+    """`auto`: the tokenizer's own template, ending replies with the special token it writes after
+    one (else eos); for a tokenizer without one (a base model), the first bundled template whose
+    special tokens it has (chatml, llama-3), else alpaca. A name forces a bundled template, which
+    must not need tokens the tokenizer lacks. `specials`: the tokenizer's special tokens."""
     if choice == "auto" and own_template:
-        if not eos_token:
+        end = reply_end(own_template, eos_token, [t for t in specials if has_token(t)]) or eos_token
+        if not end:
             raise DataError("the tokenizer has a chat template but no eos token",
                             "set eos_token in the model's tokenizer_config.json")
-        return ChatTemplate("tokenizer", own_template, eos_token)
+        return ChatTemplate("tokenizer", own_template, end)
     if choice == "auto":
         choice = next(name for name in AUTO_ORDER if all(has_token(t) for t in BUNDLED[name].special_tokens))
     if choice not in BUNDLED or choice not in chat_template_names():
@@ -70,6 +83,30 @@ def choose_chat_template(choice: str, own_template: str | None, eos_token: str |
         raise DataError(f"chat_template = \"{choice}\" ends replies with the eos token, and the tokenizer has none",
                         "set eos_token in the model's tokenizer_config.json")
     return ChatTemplate(choice, chat_template_text(choice), end)
+
+
+SYSTEM_LEFT_OUT = ("left out of conversations that end with a reply (the chat template writes it before the "
+                   "last user turn of a prompt only, as Mistral's do): not trained on")
+
+
+def system_turns(template: ChatTemplate | None, bos: str | None, eos: str | None, count: int) -> dict | None:
+    """What becomes of the data's `count` system turns under this template: kept, merged into the
+    first user turn (Gemma: no system role) or left out by the template itself (Mistral: only before
+    the last user turn). None when the data has none."""
+    if not count or template is None:
+        return None
+    handling = "kept"
+    if lacks_system_role(template.source, bos, eos):
+        handling = SYSTEM_RULE
+    else:
+        probe = [{"role": "system", "content": "SLOTHCTL-SYSTEM-7f3a"}, {"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": "Hello"}]
+        try:
+            if "SLOTHCTL-SYSTEM-7f3a" not in render(template.source, probe, bos_token=bos, eos_token=eos):
+                handling = SYSTEM_LEFT_OUT
+        except Exception:  # noqa: BLE001 - a template that rejects the probe says so on the data itself
+            pass
+    return {"turns": count, "handling": handling}
 
 
 _PAD_NAME = re.compile(r"pad", re.IGNORECASE)
@@ -96,13 +133,22 @@ def choose_pad_token(current: str | None, taken: set, unk: str | None, special_t
 
 
 def template_or_none(choice: str, own_template: str | None, eos_token: str | None,
-                     has_token: Callable[[str], bool]) -> ChatTemplate | None:
+                     has_token: Callable[[str], bool], specials: Collection[str] = ()) -> ChatTemplate | None:
     """The template a conversation dataset would use, or None where that choice is an error (the data
     pipeline reports it for conversation data; text data never uses a template)."""
     try:
-        return choose_chat_template(choice, own_template, eos_token, has_token)
+        return choose_chat_template(choice, own_template, eos_token, has_token, specials)
     except DataError:
         return None
+
+
+def choose_for_text_tokenizer(choice: str, tok) -> ChatTemplate:
+    """`choose_chat_template` for the data pipeline's light tokenizer (data.tokenizer.TextTokenizer)."""
+    return choose_chat_template(choice, tok.chat_template, tok.eos_token, tok.has_token, tok.special_tokens)
+
+
+def template_or_none_for_text(choice: str, tok) -> ChatTemplate | None:
+    return template_or_none(choice, tok.chat_template, tok.eos_token, tok.has_token, tok.special_tokens)
 
 
 def pad_for(template: ChatTemplate | None, current: str | None, eos: str | None, bos: str | None,
@@ -122,18 +168,24 @@ def _hf_has_token(tokenizer) -> Callable[[str], bool]:
     return has_token
 
 
+def _hf_specials(tokenizer) -> list[str]:
+    """The added special tokens in id order: what the light tokenizer calls special_tokens."""
+    return [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items()) if t.special]
+
+
 def choose_for_hf_tokenizer(choice: str, tokenizer) -> ChatTemplate:
     """`choose_chat_template` for a transformers tokenizer (chat and export, which load one)."""
-    return choose_chat_template(choice, tokenizer.chat_template, tokenizer.eos_token, _hf_has_token(tokenizer))
+    return choose_chat_template(choice, tokenizer.chat_template, tokenizer.eos_token, _hf_has_token(tokenizer),
+                                _hf_specials(tokenizer))
 
 
 def configure_hf_tokenizer(chat_template: str, tokenizer, model=None) -> str:
     """Give the training tokenizer a pad token distinct from eos (and from the end-of-turn token of
     [data] `chat_template`), exactly the one `data inspect` reports; add it (and grow the embeddings
     if needed) only when the vocabulary has no unused token. Returns the pad token."""
+    specials = _hf_specials(tokenizer)
     template = template_or_none(chat_template, tokenizer.chat_template, tokenizer.eos_token,
-                                _hf_has_token(tokenizer))
-    specials = [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items()) if t.special]
+                                _hf_has_token(tokenizer), specials)
     pad = pad_for(template, tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token,
                   specials)
     if pad != tokenizer.pad_token:
@@ -153,7 +205,8 @@ def configure_hf_tokenizer(chat_template: str, tokenizer, model=None) -> str:
 
 def apply_template(tokenizer, template: ChatTemplate | None) -> None:
     """Before saving the adapter: the chat template used in training, and its end-of-turn token as
-    eos (what a bundled template ends replies with), so chat, merge and export stop where training did."""
+    eos (what the template ends replies with: Gemma's `<end_of_turn>`, not `<eos>`), so chat, merge,
+    generation_config and the GGUF all stop where training did."""
     if template is None:
         return
     tokenizer.chat_template = template.source

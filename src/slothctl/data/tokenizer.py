@@ -35,6 +35,11 @@ class TextTokenizer:
         # `encode_batch` on chat rows and on source code (SmolLM2's byte-level BPE).
         return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_batch_with_starts(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and, for each token, the index of the character it starts at."""
+        return [(enc.ids, [start for start, _ in enc.offsets])
+                for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 

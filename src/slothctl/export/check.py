@@ -7,8 +7,9 @@ one) and the merged folder is loaded the way a user would, with transformers, to
 A 4-bit merge cannot be closer to the reference than 4-bit quantization lets the base model be to
 itself, so it is held to that floor, and it must carry the adapter (differ from the quantized base
 about as much as the adapter changes the base).
-gguf: llama.cpp (through llama-cpp-python) loads each file; its tokenization must equal the
-tokenizer's, and its greedy tokens and logits are compared with transformers on the merged model.
+gguf: llama.cpp (through llama-cpp-python) loads each file; its tokenization of chat prompts must equal
+the tokenizer's (plain texts are compared too, a difference there is a warning: see gguf.CONVERT_CODE),
+and its greedy tokens and logits are compared with transformers on the merged model.
 """
 
 from __future__ import annotations
@@ -242,16 +243,20 @@ def check_gguf(folder: Path, merged: Path) -> dict:
     gen = model.generation_config
     stop = set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id])
     stop.discard(None)
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in PROMPTS]
-    texts += ["Hello world! Ça va? 3.14159 ... 🦥🦥  \n\t tabs\nund Umlaute: äöü, 日本語, нещо", " leading space"]
+    chat_texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          tokenize=False) for p in PROMPTS]
+    chat_texts.append(tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! 🦥 Ça va?"},
+         {"role": "user", "content": "  Tabs\tand\n\nnewlines  "}], add_generation_prompt=True, tokenize=False))
+    plain_texts = ["Hello world! Ça va? 3.14159 ... 🦥🦥  \n\t tabs\nund Umlaute: äöü, 日本語, нещо", " leading space"]
 
     files, reasons, warnings = {}, [], []
     for path in sorted(folder.glob("*.gguf")):
         quant = path.stem.rsplit("-", 1)[-1].lower()
         vocab = _llama(path, vocab_only=True)
-        token_mismatch = [t for t in texts if vocab.tokenize(t.encode(), add_bos=False, special=True)
-                          != tok.encode(t, add_special_tokens=False)]
+        token_mismatch, plain_mismatch = [
+            [t for t in texts if vocab.tokenize(t.encode(), add_bos=False, special=True)
+             != tok.encode(t, add_special_tokens=False)] for texts in (chat_texts, plain_texts)]
         del vocab
         llm = _llama(path, logits_all=True)
         free_running = [_greedy_llama(llm, ids, GREEDY_TOKENS, stop) for ids in prompts]
@@ -271,14 +276,18 @@ def check_gguf(folder: Path, merged: Path) -> dict:
         stopped = bool(answer) and answer[-1] in stop
         del llm
         files[path.name] = {
-            "quant": quant, "tokenization_matches": not token_mismatch, "greedy_tokens": GREEDY_TOKENS,
+            "quant": quant, "tokenization_matches": not token_mismatch,
+            "plain_text_tokenization_matches": not plain_mismatch, "greedy_tokens": GREEDY_TOKENS,
             "greedy_matches": [g == r for g, r in zip(free_running, reference)],
             "decisions": decisions, "decisions_differing": ties + flips, "differing_at_near_ties": ties,
             "tie_margin": TIE_MARGIN, "max_abs_logit_diff": max_diff, "stops_at_eos": stopped,
             "answer_tokens": len(answer)}
         if token_mismatch:
-            reasons.append(f"{path.name}: llama.cpp tokenizes {len(token_mismatch)} probe texts differently "
+            reasons.append(f"{path.name}: llama.cpp tokenizes {len(token_mismatch)} chat prompts differently "
                            f"from the tokenizer, e.g. {token_mismatch[0][:40]!r}")
+        if plain_mismatch:
+            warnings.append(f"{path.name}: llama.cpp tokenizes {len(plain_mismatch)} plain texts (not chat prompts) "
+                            f"differently from the tokenizer, e.g. {plain_mismatch[0][:40]!r}")
         if quant in ("f16", "bf16") and flips:
             warnings.append(f"{path.name}: {flips} of {decisions} greedy decisions differ from transformers where "
                             f"they are not near-ties (margin >= {TIE_MARGIN})")

@@ -168,9 +168,49 @@ def _converter_failure(log: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def convert(tools_state: tools.ToolsState, view: Path, outfile: Path, outtype: str, name: str) -> None:
-    cmd = [sys.executable, str(tools_state.path / tools.CONVERTER), str(view), "--outfile", str(outfile),
-           "--outtype", outtype, "--model-name", name]
+# llama.cpp's SentencePiece tokenizer writes a word-boundary space before the text after every special
+# token when the GGUF says `add_space_prefix`; transformers' non-legacy SentencePiece tokenizers (Phi 3.5,
+# Mistral) write it only at the very start of a text. Chat prompts consist of text after special tokens,
+# so for those tokenizers the GGUF says no: its chat prompts are then tokenized exactly as in training
+# (a plain text that starts with a word loses that one leading space). llama.cpp's converter does not
+# decide this key from the tokenizer, so it is set as the converter writes the file: the only use of
+# gguf-py's internals, here.
+CONVERT_CODE = """
+import runpy, sys
+from pathlib import Path
+converter, space_prefix = sys.argv[1], sys.argv[2]
+sys.argv = [converter] + sys.argv[3:]
+sys.path.insert(1, str(Path(converter).parent / "gguf-py"))
+import gguf
+if space_prefix != "keep":
+    write = gguf.GGUFWriter.write_header_to_file
+    def write_header_to_file(self, *args, **kwargs):
+        model = self.kv_data[0].get(gguf.Keys.Tokenizer.MODEL)
+        if model is not None and model.value == "llama":
+            self.add_add_space_prefix(space_prefix == "true")
+        return write(self, *args, **kwargs)
+    gguf.GGUFWriter.write_header_to_file = write_header_to_file
+runpy.run_path(converter, run_name="__main__")
+"""
+
+
+def space_prefix_setting(tok) -> str:
+    """"false" for a SentencePiece tokenizer that marks a word boundary at the start of a text but not
+    after a special token; "keep" (the converter's choice) otherwise."""
+    boundary = "\u2581"
+    if tok.token_to_id(boundary) is None or not tok.eos_token:
+        return "keep"
+    at_start = tok.backend.encode("Hi", add_special_tokens=False).tokens
+    after_special = tok.backend.encode(f"{tok.eos_token}Hi", add_special_tokens=False).tokens[1:]
+    if at_start and at_start[0].startswith(boundary) and after_special and not after_special[0].startswith(boundary):
+        return "false"
+    return "keep"
+
+
+def convert(tools_state: tools.ToolsState, view: Path, outfile: Path, outtype: str, name: str,
+            space_prefix: str = "keep") -> None:
+    cmd = [sys.executable, "-c", CONVERT_CODE, str(tools_state.path / tools.CONVERTER), space_prefix, str(view),
+           "--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=tools.converter_env(), cwd=str(tools_state.path))
     if proc.returncode != 0 or not outfile.is_file():
         reason = _converter_failure(proc.stderr + proc.stdout)
@@ -180,6 +220,17 @@ def convert(tools_state: tools.ToolsState, view: Path, outfile: Path, outtype: s
                              + (f" (chkhsh {chkhsh.group(1)})" if chkhsh else ""),
                              "a newer llama-cpp-python may know it; then run slothctl export prepare --force")
         raise RuntimeFailure(f"llama.cpp's converter failed ({outtype}): {reason}")
+
+
+def gguf_model_name(name: str, merged: Path) -> str:
+    """The GGUF's general.name. llama.cpp gives Phi 3's special tokens their `rstrip` (they swallow the
+    newline after them, as in transformers) only when that name says phi-3, so for that architecture
+    it does."""
+    config = merged / "config.json"
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+    if model_type == "phi3" and not any(tag in name.lower() for tag in ("phi-3", "phi3")):
+        return f"{name} (phi-3)"
+    return name
 
 
 QUANTIZE_CODE = """
@@ -275,7 +326,7 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
                      "GGUF files")
 
     from slothctl.data.tokenizer import load_text_tokenizer
-    from slothctl.export.chat_formats import translate
+    from slothctl.export.chat_formats import FAMILIES, translate
 
     tok = load_text_tokenizer(str(merged_dir))
     eos_id = tok.eos_id
@@ -289,7 +340,7 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
             path = tmp / (f"{name}-{quant.upper()}.gguf" if quant in chosen else ".intermediate-F16.gguf")
             status(emit, f"Converting to GGUF {quant} with llama.cpp's converter")
             began = time.time()
-            convert(tools_state, view, path, quant, name)
+            convert(tools_state, view, path, quant, gguf_model_name(name, merged_dir), space_prefix_setting(tok))
             if quant in chosen:
                 files.append(GgufFile(quant, path, path.stat().st_size, time.time() - began, {}))
             if quant == "f16":
@@ -311,8 +362,9 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
         chat = translate(tok.chat_template, tok) if tok.chat_template else None
         modelfile = None
         if chat is None:
-            warnings.append("the chat template matches none of chatml, llama-3 and alpaca, so no Ollama Modelfile "
-                            "was written (the GGUF carries the template for llama.cpp and LM Studio)")
+            known = ", ".join(family.name for family in FAMILIES)
+            warnings.append(f"the chat template matches none of the families slothctl translates for Ollama ({known}), "
+                            "so no Modelfile was written (the GGUF carries the template for llama.cpp and LM Studio)")
         else:
             from slothctl.export.modelfile import modelfile_text
 

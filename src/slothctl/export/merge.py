@@ -85,15 +85,36 @@ def require_disk(target: Path, needed: int | None, what: str) -> None:
 
 # ---- the merged folder ------------------------------------------------------------------------------
 
-def copy_tokenizer(adapter: Path, out: Path) -> None:
-    """The tokenizer exactly as training saved it next to the adapter (chat template included)."""
+def copy_tokenizer(adapter: Path, out: Path, base: str | None = None) -> None:
+    """The tokenizer exactly as training saved it next to the adapter (chat template included), plus
+    the base model's SentencePiece `tokenizer.model` when the adapter has none: transformers 5 does
+    not save it again, and llama.cpp's converter needs it for SentencePiece families (Gemma, Phi 3,
+    Llama 2, Mistral)."""
     for name in TOKENIZER_FILES:
         if (adapter / name).is_file():
             shutil.copy2(adapter / name, out / name)
+    if base and not (out / "tokenizer.model").is_file():
+        found = base_file(base, "tokenizer.model")
+        if found is not None:
+            shutil.copy2(found, out / "tokenizer.model")
+
+
+def base_file(base: str, name: str) -> Path | None:
+    """A file of the base model: from its folder, or from the hub (cached); None when it has none."""
+    folder = Path(base)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(base, name))
+    except Exception:  # noqa: BLE001 - absent, offline, gated: the merged folder simply goes without it
+        return None
 
 
 def write_generation_config(out: Path, adapter: Path) -> list[int]:
-    """eos = the tokens that end a reply in the training template (then the tokenizer's eos); pad = its pad."""
+    """eos = the tokens that end a reply in the training template, then the tokenizer's eos, then the
+    base model's own eos ids (Gemma's <eos>: harmless to stop at too); pad = the tokenizer's pad."""
     from slothctl.data.tokenizer import load_text_tokenizer
     from slothctl.export.chat_formats import end_of_turn_ids
 
@@ -101,6 +122,10 @@ def write_generation_config(out: Path, adapter: Path) -> list[int]:
     eos_ids = end_of_turn_ids(tok, tok.chat_template)
     path = out / "generation_config.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    base_eos = config.get("eos_token_id")
+    for token_id in base_eos if isinstance(base_eos, list) else [base_eos]:
+        if token_id is not None and token_id not in eos_ids:
+            eos_ids.append(token_id)
     if eos_ids:
         config["eos_token_id"] = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     pad_id = tok.token_to_id(tok.pad_token) if tok.pad_token else None
@@ -176,7 +201,7 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
             require_disk(target, int(params * BYTES_PER_PARAM[precision]) if params else None, "merged model")
             dtype = backend.merge(cfg.model, resolved.path, str(adapter_path), tmp, precision=precision,
                                   dtype=cfg.export.dtype, options=LoadOptions.of(cfg), emit=emit)
-            copy_tokenizer(adapter_path, tmp)
+            copy_tokenizer(adapter_path, tmp, resolved.path)
             eos_ids = write_generation_config(tmp, adapter_path)
         write_json_atomic(tmp / MERGED_INFO, {
             "base_model": base_name, "adapter": str(adapter_path.resolve()), "adapter_sha256": fingerprint,

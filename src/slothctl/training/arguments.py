@@ -5,7 +5,8 @@
     warmup_ratio, weight_decay, max_grad_norm, eval_steps, skip_eval,
     logging_steps, gradient_checkpointing, seed           → sft_config
     max_steps, epochs                                      → planned_steps (with packing: over packed rows)
-    packing, batching                                      → batching_strategy → sft_config
+    packing, batching                                      → batching_choice → sft_config (and the
+                                                             status line and start event that say why)
     optim                                                  → optimizer_name → sft_config
     save_steps                                             → sft_config; early stopping saves where it stops
     save_total_limit                                       → keep_checkpoints (checkpoints.py rotates)
@@ -23,11 +24,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from slothctl.backends.device import compute_dtype, cpu_mixed_precision, on_cuda
 from slothctl.config import ModelConfig, TrainConfig
-from slothctl.training.batching import fastest, packed_rows
+from slothctl.training.batching import Choice, fastest, packed_rows
 from slothctl.training.ranks import distributed
 
 
@@ -38,7 +39,7 @@ def optimizer_name(train: TrainConfig) -> str:
     return "adamw_8bit" if on_cuda() else "adamw_torch"
 
 
-def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int, ranks: int = 1) -> int:
+def planned_steps(train: TrainConfig, lengths: Sequence[int], seq_length: int, ranks: int = 1) -> int:
     """Optimizer steps of the run: max_steps, else epochs over the rows the trainer will see (with
     packing, the packed rows: counting the unpacked ones would train several epochs instead of one),
     in global batches (each of the `ranks` trains its own share of a step's rows)."""
@@ -49,14 +50,15 @@ def planned_steps(train: TrainConfig, lengths: list[int], seq_length: int, ranks
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def batching_strategy(train: TrainConfig, lengths: list[int] | None = None, cuda: bool | None = None) -> str:
-    """packing wins; else [train] batching, where `auto` is what measured fastest (batching.fastest)
-    for a CUDA or CPU run (`cuda`; None: this machine)."""
+def batching_choice(train: TrainConfig, lengths: Sequence[int] | None = None, cuda: bool | None = None) -> Choice:
+    """packing wins; else [train] batching, where `auto` is what measured fastest on the batches the
+    sampler will form (batching.fastest), for a CUDA or CPU run (`cuda`; None: this machine). The
+    reason is what `train` reports."""
     if train.packing:
-        return "packed"
+        return Choice("packed", "[train] packing = true: rows packed into full sequences")
     if train.batching != "auto":
-        return train.batching
-    return fastest(lengths, train.batch_size, cuda)
+        return Choice(train.batching, f"[train] batching = \"{train.batching}\"")
+    return fastest(lengths, train.batch_size, train.seed, cuda)
 
 
 def micro_batch_request(train: TrainConfig) -> tuple[int | str, float]:
@@ -105,8 +107,7 @@ def lora_options(train: TrainConfig) -> dict[str, Any]:
 
 
 def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_name: str, total_steps: int,
-               has_eval: bool, optim: str, lengths: list[int] | None = None,
-               overrides: dict[str, Any] | None = None):
+               has_eval: bool, optim: str, batching: Choice, overrides: dict[str, Any] | None = None):
     """TRL's SFTConfig from [train] (and [model] dtype and max_seq_length); `overrides` are the backend's."""
     import torch
     from trl import SFTConfig
@@ -136,6 +137,7 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
         eval_steps=eval_every,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a host sync per micro-step, to hide a NaN loss (trainer.py)
         seed=t.seed,
         data_seed=t.seed,
         gradient_checkpointing=t.gradient_checkpointing,
@@ -154,6 +156,6 @@ def sft_config(train: TrainConfig, model: ModelConfig, *, output_dir: str, run_n
         args.update(metric_for_best_model="eval_loss", greater_is_better=False)
     if distributed():
         args["ddp_find_unused_parameters"] = False  # every LoRA weight gets a gradient (as Unsloth's CLI sets)
-    args.update(batching_args(batching_strategy(t, lengths)))
+    args.update(batching_args(batching.strategy))
     args.update(overrides or {})
     return SFTConfig(**args)

@@ -16,9 +16,12 @@ from slothctl.runs import RunPaths, append_jsonl
 from slothctl.training.signals import GracefulStop
 
 
-def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
+def progress(emit: Emit, paths: RunPaths, measure: Callable[[], tuple[float, int]],
+             start: dict[str, Any] | None = None):
     """A TrainerCallback that turns the trainer's logs into events and metrics.jsonl lines.
-    `tokens_seen` reads the trainer's token count (tokens/s)."""
+    `measure` gives when the logged step ended and the real tokens trained through it (the trainer
+    reads them with the step's numbers, trainer.py): tokens/s, elapsed and ETA. `start` goes into
+    the start event (how rows are batched, and why)."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -32,20 +35,20 @@ def progress(emit: Emit, paths: RunPaths, tokens_seen: Callable[[], int]):
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.time()
             self.start_step = state.global_step
-            self.last = (self.started, tokens_seen(), state.global_step)
+            self.last = (self.started, measure()[1], state.global_step)
             batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
             emit(Event("start", {"total_steps": state.max_steps, "step": state.global_step,
-                                 "world_size": args.world_size, "global_batch": batch}))
+                                 "world_size": args.world_size, "global_batch": batch, **(start or {})}))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
-            now, step = time.time(), state.global_step
-            tokens = tokens_seen()
+            step = state.global_step
             record: dict[str, Any] = {"step": step, "epoch": round(state.epoch or 0.0, 4)}
             if "eval_loss" in logs:
                 self.eval_loss = float(logs["eval_loss"])
                 record.update(event="eval", eval_loss=self.eval_loss, total_steps=state.max_steps)
             elif "loss" in logs:
+                now, tokens = measure()
                 last_time, last_tokens, last_step = self.last
                 elapsed = now - self.started
                 per_step = elapsed / max(1, step - self.start_step)

@@ -185,7 +185,7 @@ def train_on_ranks(ranks: int, args: list[str], emit: Emit, resume: str):
     if signals.first:
         main = failures.get(0)
         if main and main["exit_code"] == EXIT_INTERRUPTED:
-            raise Failure(main["message"], EXIT_INTERRUPTED)
+            raise Failure(main["message"], EXIT_INTERRUPTED, main.get("hint"))
         raise Interrupted(f"stopped by {signals.first} before training started" if relay.stopped is None
                           else f"stopped by {signals.first}")
     raise root_cause(failures, log, code)
@@ -194,8 +194,8 @@ def train_on_ranks(ranks: int, args: list[str], emit: Emit, resume: str):
 class Failure(SlothctlError):
     """A rank's own error line, passed on with its exit code."""
 
-    def __init__(self, line: str, exit_code: int):
-        super().__init__(line)
+    def __init__(self, line: str, exit_code: int, hint: str | None = None):
+        super().__init__(line, hint)
         self.exit_code = exit_code
 
 
@@ -239,6 +239,6 @@ def root_cause(failures: dict[int, dict[str, Any]], log: Path, code: int) -> Slo
     if failures:
         first = min(failures.values(), key=lambda record: record.get("time", 0))
         if first["exit_code"] == EXIT_USAGE:
-            return Failure(first["message"], EXIT_USAGE)
+            return Failure(first["message"], EXIT_USAGE, first.get("hint"))
         return RuntimeFailure(f"rank {first['rank']} failed: {first['message']}", hint)
     return RuntimeFailure(f"torchrun ended with exit code {code} before the ranks reported anything", hint)

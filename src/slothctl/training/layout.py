@@ -21,7 +21,7 @@ from slothctl.config import LoraConfig, ModelConfig, TrainConfig
 from slothctl.memory import (GIB, Change, Estimate, EstimateUnavailable, Gpu, ModelShape, TrainSetup,
                              choose_micro_batch, estimate, fixes, for_device, load_model_config, lookup)
 from slothctl.memory.plan import divisors
-from slothctl.training.arguments import batching_strategy, micro_batch_request
+from slothctl.training.arguments import batching_choice, micro_batch_request
 
 ESTIMATE_ROWS = 50_000  # lengths beyond this many rows are sampled for the estimate (the longest kept)
 
@@ -136,7 +136,7 @@ def train_setup(model: ModelConfig, lora: LoraConfig, train: TrainConfig, *, bac
                 cuda: bool) -> TrainSetup:
     """The estimator's view of the run as configured (batch_size x accumulation as written)."""
     return TrainSetup.from_config(model, lora, train, backend=backend, optimizer=optim,
-                                  batching=batching_strategy(train, lengths, cuda), on_cuda=cuda,
+                                  batching=batching_choice(train, lengths, cuda).strategy, on_cuda=cuda,
                                   lengths=_sampled(lengths))
 
 

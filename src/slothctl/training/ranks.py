@@ -189,13 +189,13 @@ def changed_world_size(checkpoint: str, info: dict[str, Any], batch_size: int, a
             f"continued on {before}, and the data order is not continued exactly")
 
 
-def record_failure(line: str, exit_code: int) -> None:
-    """This rank's error line for slothctl's launcher (when it started this rank)."""
+def record_failure(line: str, exit_code: int, hint: str | None = None) -> None:
+    """This rank's error line (and hint) for slothctl's launcher (when it started this rank)."""
     folder = os.environ.get(FAILURES_ENV)
     if not folder or not distributed():
         return
     try:
         Path(folder, f"rank-{rank()}.json").write_text(json.dumps(
-            {"rank": rank(), "message": line, "exit_code": exit_code, "time": time.time()}), encoding="utf-8")
+            {"rank": rank(), "message": line, "hint": hint, "exit_code": exit_code, "time": time.time()}), encoding="utf-8")
     except OSError:
         pass

@@ -222,9 +222,11 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     before progress announces the start."""
     paths = plan.paths
     has_eval = data.eval_rows > 0
+    batching = arguments.batching_choice(train_cfg, data.train_lengths)
+    status(emit, f"Batching {batching.strategy}: {batching.reason}", batching=batching.to_json())
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
-                                total_steps=total, has_eval=has_eval, optim=run["optim"],
-                                lengths=data.train_lengths, overrides=backend.trainer_overrides(train_cfg.packing))
+                                total_steps=total, has_eval=has_eval, optim=run["optim"], batching=batching,
+                                overrides=backend.trainer_overrides(train_cfg.packing))
     hooks: list = []
     patience = arguments.early_stopping(train_cfg, has_eval)
     if patience:
@@ -235,7 +237,8 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg),
                                     agree=ranks.any_rank),
               checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
-              callbacks.progress(emit, paths, lambda: ranks.total(trainer_ref[0].tokens_seen)),
+              callbacks.progress(emit, paths, lambda: every_rank(trainer_ref[0].logged),
+                                 start={"batching": batching.to_json()}),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
     trainer = make_trainer(model, tokenizer, args, data.dataset("train"), data.dataset("eval"), hooks)
     trainer_ref.append(trainer)
@@ -243,6 +246,12 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
 
 
 # ---- train and save -------------------------------------------------------------------------------------------------
+
+def every_rank(logged: tuple[float, int]) -> tuple[float, int]:
+    """A logged step's end time and the real tokens trained through it, summed over the ranks."""
+    ended, tokens = logged
+    return ended, ranks.total(tokens)
+
 
 def setup_layout(cfg: Config, plan: RunPlan, backend: str, model_path: str, data: Prepared, optim: str, total: int,
                  emit: Emit) -> MemoryPlan:

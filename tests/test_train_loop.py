@@ -1,0 +1,58 @@
+"""What the trainer does per step besides training (training/trainer.py): numbers read from the
+device a step late report exactly what transformers' own logging reports, in the same order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_project
+
+from slothctl import config
+from slothctl.training import trainer as trainer_mod
+from slothctl.training.run import train
+
+# 9 training rows, 2 per micro-batch, 2 micro-batches per step: an epoch every 3 steps. Logged at
+# steps 1, 2 and 4 (one log sums steps 3 and 4), evaluated and saved at step 3 and at the end, step 5,
+# which is not a logging step; epochs end between logs.
+LOOP_SETS = ("model.max_seq_length=64", "train.batch_size=2", "train.gradient_accumulation_steps=2",
+             "train.max_steps=5", "train.logging_steps=2", "train.eval_steps=3", "train.save_steps=3",
+             "data.eval_fraction=0.1", "data.max_rows=10")
+
+
+def run(project: Path, read_late: bool | None, monkeypatch) -> tuple[list, Path]:
+    monkeypatch.setattr(trainer_mod, "READ_LOGS_LATE", read_late)
+    events: list = []
+    train(config.load(project / "slothctl.toml"), events.append)
+    return [e.to_json() for e in events], project / "runs" / project.name
+
+
+def test_numbers_read_a_step_late_are_transformers_numbers_in_the_same_order(tmp_path, embedded_model,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    as_transformers, plain_dir = run(make_project(tmp_path / "plain", *LOOP_SETS), None, monkeypatch)
+    late, late_dir = run(make_project(tmp_path / "late", *LOOP_SETS), True, monkeypatch)
+
+    def stream(events):
+        return [(e["event"], e.get("step")) for e in events if e["event"] in ("step", "eval", "checkpoint")]
+
+    assert stream(late) == stream(as_transformers) == [
+        ("step", 1), ("step", 2), ("eval", 3), ("checkpoint", 3), ("step", 4), ("eval", 5), ("checkpoint", 5)]
+    for name in ("loss", "lr", "grad_norm", "eval_loss", "tokens", "epoch"):
+        mine = [e.get(name) for e in late if e["event"] in ("step", "eval")]
+        theirs = [e.get(name) for e in as_transformers if e["event"] in ("step", "eval")]
+        assert mine == pytest.approx(theirs, abs=1e-6), name
+    steps = [e for e in late if e["event"] == "step"]
+    assert all(e["tokens_per_s"] > 0 and e["elapsed"] > 0 for e in steps)
+    assert [e["tokens"] for e in steps] == sorted({e["tokens"] for e in steps})
+
+    def history(run_dir: Path) -> list[dict]:
+        state = json.loads((run_dir / "checkpoint-5" / "trainer_state.json").read_text())
+        return [{k: v for k, v in entry.items() if "runtime" not in k and "per_second" not in k}
+                for entry in state["log_history"]] + [state["total_flos"]]
+
+    assert history(late_dir) == history(plain_dir)  # the checkpoint's trainer state too, FLOPs included
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (late_dir, plain_dir)]
+    assert summaries[0]["train_tokens"] == summaries[1]["train_tokens"] > steps[-1]["tokens"] > 0  # + step 5
+    assert summaries[0]["losses"] == summaries[1]["losses"]
