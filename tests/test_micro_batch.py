@@ -56,7 +56,7 @@ def test_out_of_memory_with_a_fixed_micro_batch_ends_with_the_changes_and_the_ch
     assert marker(paths.checkpoint(2))["layout"] == {"micro_batch": 4, "grad_accum": 1, "gradient_checkpointing": False,
                                                      "batching": "padded", "source": "fixed"}
     # what the hint says: a smaller micro-batch is no config change a resume refuses
-    result = run_cli("resume", "--set", "train.micro_batch=2", "--json", cwd=directory)
+    result = run_cli("resume", "--set", "train.max_steps=3", "--set", "train.micro_batch=2", "--json", cwd=directory)
     assert result.returncode == 0, result.stderr[-3000:]
     layout = next(e for e in result.json_lines() if e["event"] == "layout")
     assert (layout["micro_batch"], layout["grad_accum"], layout["source"]) == (2, 2, "fixed")

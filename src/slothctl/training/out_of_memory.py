@@ -23,10 +23,17 @@ ALLOWED_UNCHANGED = {"train.micro_batch", "train.max_vram_fraction"}  # resume t
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (by class name: torch need not be imported), or a RuntimeError saying so (CUDA
-    and Triton kernels that fail to allocate, cuBLAS workspaces)."""
-    names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
-    text = str(exc) if isinstance(exc, RuntimeError) else ""
-    return "torch.OutOfMemoryError" in names or "out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    and Triton kernels that fail to allocate, cuBLAS workspaces), also as the cause of another exception
+    (a library that wraps it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+        text = str(exc) if isinstance(exc, RuntimeError) else ""
+        if "torch.OutOfMemoryError" in names or "out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def measured() -> tuple[int | None, int | None]:

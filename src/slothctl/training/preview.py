@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from slothctl import backends, models
+from slothctl import backends, libraries, models
 from slothctl.config import Config
 from slothctl.errors import SlothctlError
 from slothctl.events import Emit, ignore
@@ -56,6 +56,7 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
     optim = cfg.train.optim if cfg.train.optim != "auto" else ("adamw_8bit" if gpu else "adamw_torch")
     from slothctl.training.run import setup_data
 
+    libraries.quiet()  # stderr holds the estimate: no progress bars of datasets (packing) or transformers
     try:
         resolved = models.resolve(cfg.model.name, cfg.project_dir, emit)
         data = setup_data(cfg, resolved.path, emit)
@@ -63,6 +64,8 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
         steps = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length, ranks)
     except SlothctlError as exc:
         return Preview(None, gpu, backend, optim, unavailable=exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - e.g. a hub model offline: the dry run still prints the config
+        return Preview(None, gpu, backend, optim, unavailable=f"{type(exc).__name__}: {str(exc)[:200]}")
     memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=resolved.path, backend=backend, optim=optim,
                          lengths=data.train_lengths, gpu=gpu, steps=steps)
     return Preview(memory, gpu, backend, optim, steps, data.train_rows)
