@@ -40,9 +40,9 @@ def rank_arguments(command: str, config, sets: list[str] | None, max_steps: int 
 
 def run(out: Output, cfg, rank_args: list[str], **options):
     """Train in this process, or on several ranks started from here (train.gpus > 1)."""
-    from slothctl.training import launcher
+    from slothctl.training import arguments, launcher
 
-    count = launcher.ranks_to_start(cfg.train.gpus)
+    count = launcher.ranks_to_start(arguments.gpus_requested(cfg.train))
     if count > 1:
         from slothctl.training.plan import resume_command
 

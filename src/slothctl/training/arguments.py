@@ -61,6 +61,11 @@ def batching_choice(train: TrainConfig, lengths: Sequence[int] | None = None, cu
     return fastest(lengths, train.batch_size, train.seed, cuda)
 
 
+def gpus_requested(train: TrainConfig) -> int | str:
+    """[train] gpus: how many ranks launcher.py starts (an integer, or "auto": every visible GPU)."""
+    return train.gpus
+
+
 def micro_batch_request(train: TrainConfig) -> tuple[int | str, float]:
     """What layout.choose_layout decides from: `micro_batch` ("auto" or rows) and the VRAM share "auto" plans for."""
     return train.micro_batch, train.max_vram_fraction
