@@ -147,17 +147,20 @@ _slothctl() {
         --from) return ;;
         --max-steps) return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
+        --gpus) return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --remote --detach --json --quiet" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --from --max-steps --force-resume --remote --detach --gpus --json --quiet" -- "$cur"))
       fi ;;
     "train")
       case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --set) return ;;
         --max-steps) return ;;
+        --gpus) return ;;
+        --gpu) return ;;
         --remote) COMPREPLY=($(compgen -W "modal" -- "$cur")); return ;;
       esac
-      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --dry-run --remote --detach --json --quiet" -- "$cur"))
+      if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--config -c --set --max-steps --fresh --force-resume --gpus --dry-run --gpu --remote --detach --json --quiet" -- "$cur"))
       fi ;;
   esac
 }

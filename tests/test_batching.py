@@ -149,6 +149,7 @@ def test_packed_rows_match_trls_best_fit_decreasing():
     assert packed_rows([1100, 1000, 1050], 2048) == 3  # no two fit together (1050 + 1000 = 2050)
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_one_epoch_of_packed_rows_trains_one_epoch(project):
     """With packing, the planned steps count packed rows: one epoch ends at epoch 1.0, not ~4."""
     result = run_cli("train", "--json", "--set", "train.packing=true", "--set", "data.max_rows=48",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 from conftest import run_cli
 
@@ -22,6 +24,7 @@ def test_doctor_json_reports_versions_backend_model_and_gguf_tools(tmp_path):
     assert len(tools["llama_cpp_commit"]) == 40 and info["project"] is None
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_doctor_with_an_empty_cache_says_how_to_prepare(tmp_path, project):
     result = run_cli("doctor", cwd=project, env={"SLOTHCTL_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr

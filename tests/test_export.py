@@ -14,8 +14,6 @@ import pytest
 
 from conftest import assert_usage_error, run_cli, run_python
 
-pytestmark = pytest.mark.slow
-
 PROMPTS = ["What is the capital of Peru?", "Give me three tips for sleeping well.", "Why are sloths so slow?"]
 
 
@@ -97,6 +95,7 @@ print(json.dumps({{"merged": merged, "adapter": answers(PeftModel.from_pretraine
     assert found["merged"] == found["adapter"], found
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_export_merged_32bit_is_the_adapter(proj, merged, tmp_path):
     """The issue's bar: merged vs adapter max |logit diff| <= 1e-3 in fp32 (measured ~1e-4)."""
     out = tmp_path / "exact"
@@ -282,6 +281,7 @@ for name, source in (("merged", out / "fp32"), ("dropped", Path(base))):
 """
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_4bit_check_holds_merges_to_the_models_own_4bit_floor(proj, embedded_model, tmp_path):
     """The 4-bit fidelity check (Unsloth's 4-bit merge needs CUDA; bitsandbytes NF4 runs on CPU
     too): a merged-then-quantized model passes; the quantized base without the adapter fails."""

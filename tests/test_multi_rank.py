@@ -116,6 +116,7 @@ def test_kill_9_of_the_launcher_stops_every_rank_and_resume_on_two_ranks_matches
     assert worst <= SAME_RANKS, worst
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_ctrl_c_stops_every_rank_after_a_checkpoint_and_one_rank_resumes_with_a_warning(tmp_path,
                                                                                       embedded_model):
     project = make_project(tmp_path / "stop", *SETS, "train.save_steps=10")

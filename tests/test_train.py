@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 from pathlib import Path
@@ -26,6 +28,7 @@ print(json.dumps({{"max_diff": (after - before).abs().max().item(), "finite": bo
 """
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_init_example_then_train_json_done(tmp_path, embedded_model):
     """The issue's own check: init --example, train --max-steps 5 --json, last line is `done`."""
     project = tmp_path / "p"

@@ -28,6 +28,7 @@ def run(project: Path, read_late: bool | None, monkeypatch) -> tuple[list, Path]
     return [e.to_json() for e in events], project / "runs" / project.name
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_numbers_read_a_step_late_are_transformers_numbers_in_the_same_order(tmp_path, embedded_model,
                                                                                monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -108,9 +108,8 @@ def render_preview(found) -> str:
 
 @examples(("slothctl train", "train the project in this folder (or continue its run)"),
           ("slothctl train --max-steps 20 --set lora.r=8", "a short run with a smaller adapter"),
-          ("slothctl train --dry-run", "the memory and time estimate (stderr) and the resolved config (stdout)"),
-          ("slothctl train --dry-run --gpu T4", "will it fit a T4, and what would make it fit"),
-          ("slothctl train --dry-run > resolved.toml", "the resolved config, as a TOML file"))
+          ("slothctl train --dry-run --gpu T4 > resolved.toml",
+           "the memory and time estimate for a T4 (stderr), the resolved config as a TOML file"))
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
     sets: SetOption = None,
