@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import error_text, make_project, run_cli, strict_json
 
 from slothctl.runs import RunPaths, is_complete_checkpoint
@@ -42,6 +44,7 @@ def marker(folder) -> dict:
     return json.loads((folder / "slothctl_checkpoint.json").read_text())
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_out_of_memory_with_a_fixed_micro_batch_ends_with_the_changes_and_the_checkpoint_resumes(tmp_path, embedded_model):
     directory = make_project(tmp_path / "proj", "model.max_seq_length=64", "train.save_steps=2", "train.micro_batch=4")
     proc = run_out_of_memory(directory, "train", "--max-steps", "3", at=2, rows=4)

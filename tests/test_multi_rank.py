@@ -144,6 +144,7 @@ def test_ctrl_c_stops_every_rank_after_a_checkpoint_and_one_rank_resumes_with_a_
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(step + 1, 5))
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_a_rank_that_dies_stops_the_others_with_one_line_naming_it(tmp_path, embedded_model, monkeypatch):
     project = make_project(tmp_path / "dies", *SETS)
     monkeypatch.setenv("TMPDIR", str(tmp_path))

@@ -210,6 +210,7 @@ def test_fresh_starts_a_new_folder_and_early_stopping_stops(reference):
     assert (reference / "runs" / "ref" / "summary.json").read_text() == before
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
 def test_first_sigterm_saves_a_checkpoint_then_train_resumes_and_trains_longer(tmp_path, embedded_model):
     project = make_project(tmp_path / "term", "train.batch_size=2", "train.max_steps=2", "train.save_steps=5")
     run_dir = project / "runs" / "term"
