@@ -15,7 +15,7 @@
 #        are built on the device from them.
 #   bash bench/device.sh memory memory4    (after setup model; ~3-4 min each; merge the two JSONs here with
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
-#   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; see DEVICE.md)
+#   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; tests/gpu/test_micro_batch_gpu.py, bench/micro_batch.py)
 #   bash bench/device.sh microbatch8b            (~4.5 min: builds the Llama-3-8B shape unless memory did)
 #   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
