@@ -122,14 +122,8 @@ def test_ctrl_c_stops_every_rank_after_a_checkpoint_and_one_rank_resumes_with_a_
     project = make_project(tmp_path / "stop", *SETS, "train.save_steps=10")
     run = project / "runs" / "stop"
     process = TrainingProcess("train", "--gpus", "2", cwd=project)
-    process.wait_for(lambda e: e["event"] == "step" and e["step"] == 1)
-    family = psutil.Process(process.proc.pid).children(recursive=True)
-    process.signal(signal.SIGINT)
-    assert process.finish() == 130, process.stderr[-3000:]
-    assert not psutil.wait_procs(family, timeout=30)[1]
-    stopped = process.of("stopped")
-    assert len(stopped) == 1 and len(process.of("stopping")) == 1
-    step = stopped[0]["step"]
+    step = process.ctrl_c_after_step(1)
+    assert len(process.of("stopped")) == 1 and len(process.of("stopping")) == 1
     assert [s for s, _ in RunPaths(run).checkpoints()] == [step]  # saved by rank 0 where every rank stopped
     error = final_error(process.stderr)
     assert f"after step {step}" in error and "Hint: continue with: slothctl resume" in process.stderr, \

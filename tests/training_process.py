@@ -78,3 +78,15 @@ class TrainingProcess:
 
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events if e.get("event") == kind]
+
+    def ctrl_c_after_step(self, step: int, ranks_timeout: float = 30) -> int:
+        """A run on several ranks: Ctrl-C once `step` is logged; asserts exit 130 and that every rank
+        (every process under slothctl) is gone. Returns the step the run stopped after."""
+        import psutil
+
+        self.wait_for(lambda e: e["event"] == "step" and e["step"] == step)
+        family = psutil.Process(self.proc.pid).children(recursive=True)
+        self.signal(signal.SIGINT)
+        assert self.finish() == 130, self.stderr[-4000:]
+        assert not psutil.wait_procs(family, timeout=ranks_timeout)[1]
+        return self.of("stopped")[-1]["step"]

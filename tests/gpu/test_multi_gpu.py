@@ -114,10 +114,5 @@ def test_kill_9_then_resume_on_two_gpus_matches(two_gpus, tmp_path):
 def test_ctrl_c_stops_both_gpus_with_a_checkpoint(tmp_path, embedded_model):
     project = make_project(tmp_path / "stop", *SETS, "train.save_steps=100", "train.max_steps=40", fast=False)
     process = TrainingProcess("train", "--gpus", "2", cwd=project)
-    process.wait_for(lambda e: e["event"] == "step" and e["step"] == 2)
-    family = psutil.Process(process.proc.pid).children(recursive=True)
-    process.signal(signal.SIGINT)
-    assert process.finish() == 130, process.stderr[-4000:]
-    assert not psutil.wait_procs(family, timeout=60)[1]
-    step = process.of("stopped")[0]["step"]
+    step = process.ctrl_c_after_step(2, ranks_timeout=60)
     assert [s for s, _ in RunPaths(project / "runs" / "stop").checkpoints()] == [step]
