@@ -297,3 +297,27 @@ def test_setup_from_the_config_sections():
     cpu = TrainSetup.from_config(config.build({"model": {"name": "m"}, "data": {"source": "d"}}, "t").model, cfg.lora,
                                  cfg.train, backend="hf", optimizer="adamw_torch", batching="padded", on_cuda=False)
     assert (cpu.weights, cpu.compute_bytes) == ("32bit", 4)
+
+
+def test_the_layout_keeps_the_reason_batching_auto_gave():
+    """The layout pins the strategy in the applied [train] (it depends on the batch size): `train`
+    still reports why `auto` chose it, not `[train] batching = "<strategy>"`."""
+    from slothctl.training.arguments import batching_choice
+    from slothctl.training.layout import Layout, layout_batching
+
+    lengths = [100 + (i * 37) % 900 for i in range(2000)]  # many lengths
+    train = config.TrainConfig(batch_size=8, batching="auto")
+    chosen = batching_choice(train, lengths, cuda=True)
+    assert chosen.strategy == "length_grouped"
+    pinned = Layout(micro_batch=8, grad_accum=1, gradient_checkpointing=False, batching=chosen.strategy,
+                    source="auto")
+    applied = pinned.applied(train)
+    assert applied.batching == "length_grouped"
+    assert batching_choice(applied, lengths).reason == '[train] batching = "length_grouped"'  # what it said before
+    auto_reason = batching_choice(train, lengths)  # this machine (CPU here): padded, with its reason
+    recorded = Layout(8, 1, False, auto_reason.strategy, "checkpoint")
+    assert layout_batching(recorded, train, lengths) == auto_reason
+    other = Layout(8, 1, False, "padding_free" if auto_reason.strategy != "padding_free" else "padded", "checkpoint")
+    said = layout_batching(other, train, lengths)
+    assert said.strategy == other.batching and "as the resumed checkpoint recorded" in said.reason
+    assert auto_reason.strategy in said.reason

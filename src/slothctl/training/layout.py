@@ -22,6 +22,7 @@ from slothctl.memory import (GIB, Change, Estimate, EstimateUnavailable, Gpu, Mo
                              choose_micro_batch, estimate, fixes, for_device, load_model_config, lookup)
 from slothctl.memory.plan import divisors
 from slothctl.training.arguments import batching_choice, micro_batch_request
+from slothctl.training.batching import Choice
 
 ESTIMATE_ROWS = 50_000  # lengths beyond this many rows are sampled for the estimate (the longest kept)
 
@@ -130,6 +131,17 @@ def _sampled(lengths) -> Any:
 
     values = np.asarray(lengths)
     return np.concatenate([values[::len(values) // ESTIMATE_ROWS + 1], np.sort(values)[-256:]])
+
+
+def layout_batching(layout: Layout, train: TrainConfig, lengths) -> Choice:
+    """The strategy the layout pinned, with the reason `train` reports: `batching = "auto"` is decided
+    once, when the layout is, and keeps the reason `auto` gave (the applied [train] names the strategy
+    itself); a resumed checkpoint's strategy, where the config would now pick another, says so."""
+    configured = batching_choice(train, lengths)
+    if configured.strategy in (layout.batching, "packed"):
+        return configured
+    return Choice(layout.batching, f"as the resumed checkpoint recorded (the config would pick "
+                                   f"{configured.strategy} now)")
 
 
 def train_setup(model: ModelConfig, lora: LoraConfig, train: TrainConfig, *, backend: str, optim: str, lengths,

@@ -32,7 +32,8 @@ from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
 from slothctl.training import arguments, callbacks, checkpoints, out_of_memory, private, ranks, trackers
-from slothctl.training.layout import Layout, MemoryPlan, plan_memory, present_gpu
+from slothctl.training.batching import Choice
+from slothctl.training.layout import Layout, MemoryPlan, layout_batching, plan_memory, present_gpu
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
@@ -158,7 +159,8 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
 
     def trainer_for(layout: Layout, resume_plan: RunPlan):
         return setup_trainer(layout.applied(cfg.train), cfg.model, backend, model, tokenizer, data, plan=resume_plan,
-                             run=run, total=total, emit=emit, stop=stop)
+                             run=run, total=total, emit=emit, stop=stop,
+                             batching=layout_batching(layout, cfg.train, data.train_lengths))
 
     def announce(trainer) -> None:
         on = ", ".join(filter(None, ["CUDA" if trainer.args.use_cpu is False else "CPU",
@@ -215,14 +217,15 @@ def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, grad
 
 
 def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backend, model, tokenizer,
-                  data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop):
+                  data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop,
+                  batching: Choice | None = None):
     """[train]: the SFTTrainer (arguments.py maps the section) with our callbacks, in this order: early
     stopping decides before run control asks for a save; checkpoint completion sees that request
     (and announces a checkpoint only once it is complete); run control arms the signal handling
     before progress announces the start."""
     paths = plan.paths
     has_eval = data.eval_rows > 0
-    batching = arguments.batching_choice(train_cfg, data.train_lengths)
+    batching = batching or arguments.batching_choice(train_cfg, data.train_lengths)
     status(emit, f"Batching {batching.strategy}: {batching.reason}", batching=batching.to_json())
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
                                 total_steps=total, has_eval=has_eval, optim=run["optim"], batching=batching,
