@@ -8,6 +8,8 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
     (c) raw transformers + PEFT + TRL, sdpa  (d) slothctl train, hf backend
     (e) as (c), with transformers' own loss instead of TRL's fused LM head (bench/raw_hf.py --plain-loss)
     (f) a hand-written Unsloth training loop, no TRL, no Trainer (bench/raw_loop.py)
+    (g) as (a) with batching = "length_grouped": padded batches, which on rows of one length carry no
+        attention mask (trainer.MasklessWhenFull), against (a)'s `auto` choice for such rows (padding-free)
 
 A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
 the mean of the runs (and every run's value is kept), to show how much runs vary.
@@ -187,7 +189,8 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
 
 
 NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
-         "e": "e_raw_hf_plain_loss", "f": "f_raw_loop"}
+         "e": "e_raw_hf_plain_loss", "f": "f_raw_loop",
+         "g": "g_slothctl_padded"}
 
 
 def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
@@ -197,10 +200,11 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     common = ("--seq", str(seq), "--bs", str(bs), "--steps", str(steps), "--warmup", str(warmup))
     runs: dict[str, list[dict]] = {}
     for variant in variants:
-        if variant in "ad":
-            backend = "unsloth" if variant == "a" and not CPU else "hf"
+        if variant in "adg":
+            backend = "unsloth" if variant in "ag" and not CPU else "hf"
             result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
-                                                   backend, batching="auto"), warmup)
+                                                   backend, batching="length_grouped" if variant == "g" else "auto"),
+                                  warmup)
         elif variant == "b":
             result = run_script("raw_unsloth.py", str(model), str(data), *common)
         elif variant == "f":
@@ -214,7 +218,7 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
                "results": results}
     a = results.get(NAMES["a"], {})
-    for other in "bcf":
+    for other in "bcfg":
         o = results.get(NAMES[other], {})
         if "tokens_per_s" in a and "tokens_per_s" in o:
             summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
@@ -370,7 +374,7 @@ def report(results: dict) -> None:
             print(f"{shape:14} {variant:22} {r['tokens_per_s']:9.0f} {vram:>9} "
                   f"{f'{mfu:.1%}' if mfu else '-':>6}")
         for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram",
-                      "a_over_f_tokens", "a_over_f_vram"):
+                      "a_over_f_tokens", "a_over_f_vram", "a_over_g_tokens"):
             if ratio in data:
                 print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
     if "varlen" in results:

@@ -57,3 +57,32 @@ def test_numbers_read_a_step_late_are_transformers_numbers_in_the_same_order(tmp
     summaries = [json.loads((d / "summary.json").read_text()) for d in (late_dir, plain_dir)]
     assert summaries[0]["train_tokens"] == summaries[1]["train_tokens"] > steps[-1]["tokens"] > 0  # + step 5
     assert summaries[0]["losses"] == summaries[1]["losses"]
+
+
+def test_a_batch_without_padding_goes_without_its_mask_and_trains_the_same(embedded_model):
+    """MasklessWhenFull drops only an all-ones mask, which changes nothing in causal attention: the
+    loss and its gradients are those of the masked batch (it only spares the masked attention kernel)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = trainer_mod.MasklessWhenFull(DataCollatorForLanguageModeling(pad_token_id=0))
+    rows = [{"input_ids": [5, 17, 923, 44, 12, 8], "labels": [-100, -100, 923, 44, 12, 8]},
+            {"input_ids": [6, 250, 31, 7, 99, 2], "labels": [-100, 250, 31, 7, 99, 2]}]
+    full = collate(rows)
+    assert "attention_mask" not in full and trainer_mod.count_tokens(full) == 12
+    ragged = collate([rows[0], {"input_ids": [6, 250, 31], "labels": [-100, 250, 31]}])
+    assert ragged["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    assert int(trainer_mod.count_tokens(ragged)) == 9
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    model.train()
+    losses, grads = [], []
+    for batch in (full, {**full, "attention_mask": torch.ones_like(full["input_ids"])}):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

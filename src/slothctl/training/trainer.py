@@ -18,6 +18,10 @@ What a step does beyond forward, backward and the optimizer, and why it is cheap
 - Tokens are counted on the device (a sum of the attention mask), not with `int(...)` per micro-step.
 - The FLOP count transformers keeps (`floating_point_ops`) walks every module of the model to count
   parameters at every micro-step; the count is taken once.
+- A padded batch with nothing to pad (rows of one length) goes to the model without its all-ones
+  attention mask (`MasklessWhenFull`): with a mask, attention takes the masked SDPA kernel (Unsloth
+  expands the mask to a 4-D one); without one, the plain causal kernel a hand-written loop gets.
+  The collated mask is still on the CPU, so looking at it costs no GPU sync.
 - `logging_nan_inf_filter` is off (arguments.py): it compares every micro-step's loss with NaN on
   the host, a sync per micro-step, to hide a NaN loss that we would rather report.
 """
@@ -54,6 +58,26 @@ def count_tokens(inputs: dict):
     if "position_ids" in inputs:
         return int(inputs["position_ids"].numel())
     return int(inputs["input_ids"].numel())
+
+
+class MasklessWhenFull:
+    """The trainer's collator, minus the attention mask of a batch that has no padding: an all-ones
+    mask changes nothing in causal attention but picks a slower kernel (module docstring). Tokens are
+    then counted from the batch's shape (count_tokens)."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+            del batch["attention_mask"]
+        return batch
+
+    def __getattr__(self, name: str):
+        """The collator's own settings (e.g. `padding_free`), for code that reads them off the trainer's."""
+        return getattr(self.collate, name)
 
 
 def trainer_class() -> type:
@@ -123,4 +147,5 @@ def make_trainer(model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval
         eval_dataset=eval_dataset, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    trainer.data_collator = MasklessWhenFull(trainer.data_collator)
     return trainer
