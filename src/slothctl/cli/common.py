@@ -34,8 +34,8 @@ def start(json_mode: bool, quiet: bool = False, aside_events: bool = False) -> o
         output.current = output.Output(mode, aside_events=aside_events).activate()
         return output.current
     ranks.die_with_parent()
-    output.current = output.Output(mode, aside_events=aside_events, silent=not ranks.is_main(),
-                                   on_error=ranks.record_failure).activate()
+    kind = output.Output if ranks.is_main() else output.SilentOutput
+    output.current = kind(mode, aside_events=aside_events, on_error=ranks.record_failure).activate()
     return output.current
 
 

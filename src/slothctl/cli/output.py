@@ -12,8 +12,8 @@ printed as a plain `Text` (or written raw); only the prefixes this module adds (
 chat answers) is written raw, unwrapped, in every mode but json. rich itself is imported on first
 use, so a command's `--help` does not pay for it.
 
-A `silent` output (every rank but rank 0 of a run on several GPUs, training/ranks.py) prints
-nothing but its error line (on stderr); `on_error` is told that line too.
+`SilentOutput` (every rank but rank 0 of a run on several GPUs, training/ranks.py) prints nothing
+but its error line (on stderr); `on_error` is told that line too.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ Part = str | tuple[str, str]  # a plain string, or (text, rich style) for a colo
 
 
 class Output:
-    def __init__(self, mode: Mode = "human", aside_events: bool = False, silent: bool = False,
+    def __init__(self, mode: Mode = "human", aside_events: bool = False,
                  on_error: Callable[[str, int, str | None], None] | None = None):
         """`aside_events`: library events are an aside for people, for commands whose stdout is one
         document (data inspect) or only answers (chat): `--json` keeps them off stdout (warnings go
         to stderr as text), and status messages only animate a spinner on a terminal."""
         self.mode: Mode = mode
         self.aside_events = aside_events
-        self.silent = silent
         self.on_error = on_error
         self._json_stream: TextIO | None = None
         self._out: Console | None = None
@@ -80,16 +79,12 @@ class Output:
     # ---- what commands call -----------------------------------------------------------------------------------------
     def json(self, obj: dict[str, Any]) -> None:
         """One JSON line on stdout; NaN and infinities become null (strict JSON)."""
-        if self.silent:
-            return
         stream = self._json_stream or sys.stdout
         stream.write(dumps(obj) + "\n")
         stream.flush()
 
     def event(self, event: Event) -> None:
         """The `emit` callback every library call gets: one renderer for every kind of event."""
-        if self.silent:
-            return
         if self.json_mode and not self.aside_events:
             self.json(event.to_json())
             return
@@ -104,8 +99,6 @@ class Output:
 
         `human` is a string or a list of parts (each a string, or (text, style)); both are plain
         text, never markup. A rich renderable built in code (a table) is printed as it is."""
-        if self.silent:
-            return
         self.close()
         if self.json_mode:
             if obj is not None:
@@ -117,8 +110,6 @@ class Output:
 
     def text(self, obj: dict[str, Any], text: str) -> None:
         """Machine-readable text (TOML, an answer): `obj` in json mode, else `text` raw on stdout."""
-        if self.silent:
-            return
         self.close()
         if self.json_mode:
             self.json(obj)
@@ -128,16 +119,12 @@ class Output:
 
     def stream(self, text: str) -> None:
         """A piece of a streamed answer, raw on stdout (as it comes, no newline added)."""
-        if self.silent:
-            return
         self.close()
         sys.stdout.write(text)
         sys.stdout.flush()
 
     def note(self, message: str) -> None:
         """An aside for people on stderr (e.g. "(interrupted)"), dimmed; nothing when quiet."""
-        if self.silent:
-            return
         if not self.quiet:
             self.close()
             self.err.print(styled([(message, "dim")]), soft_wrap=True)
@@ -158,6 +145,28 @@ class Output:
         """Stop live displays (a progress bar, a spinner) so that the next line prints below them."""
         if self._view is not None:
             self._view.close()
+
+
+class SilentOutput(Output):
+    """A rank that is not rank 0: its error line only (rank 0 reports everything else)."""
+
+    def json(self, obj: dict[str, Any]) -> None:
+        pass
+
+    def event(self, event: Event) -> None:
+        pass
+
+    def result(self, obj: dict[str, Any] | None, human: RenderableType | list[Part] | None = None) -> None:
+        pass
+
+    def text(self, obj: dict[str, Any], text: str) -> None:
+        pass
+
+    def stream(self, text: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
 
 
 def styled(parts: str | list[Part]):
