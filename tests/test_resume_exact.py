@@ -97,6 +97,7 @@ def cosine_lrs(base: float, warmup_ratio: float, total: int) -> list[float]:
     return lrs
 
 
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): one more load and 2 steps, ~30 s
 def test_a_longer_max_steps_continues_on_the_longer_schedule(uninterrupted, tmp_path):
     """The finished 6-step run trained to 8: steps 7 and 8 take the learning rates of an 8-step schedule
     (an optimizer restored with the 6-step schedule's last rate would train step 7 at rate 0)."""
