@@ -384,7 +384,7 @@ def test_4bit_check_holds_merges_to_the_models_own_4bit_floor(proj, embedded_mod
                                "--adapter", str(adapter), "--base", str(embedded_model), "--precision", "4bit"],
                               check=False, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results[name] = json.loads(proc.stdout.splitlines()[-1])
+        results[name] = strict_json(proc.stdout.splitlines()[-1])
     good, bad = results["merged"], results["dropped"]
     assert 0.3 < good["quantized"]["floor_top1_agreement"] < 0.95  # NF4 costs a 135M model a lot
     assert good["passed"] and good["quantized"]["adapter_carried"], good

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, error_text, make_project, run_cli
+from conftest import assert_usage_error, error_text, make_project, run_cli, strict_json
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, read_metrics
 from training_process import TrainingProcess
 
@@ -111,7 +111,7 @@ def test_sigkill_right_after_a_checkpoint_then_resume_matches_the_uninterrupted_
     # metrics.jsonl was only appended to: the killed run's lines stay, a resume line voids step 3 of them.
     text = (run_dir / "metrics.jsonl").read_bytes()
     assert text.startswith(logged_before)
-    appended = [json.loads(line) for line in text[len(logged_before):].splitlines()]
+    appended = [strict_json(line) for line in text[len(logged_before):].splitlines()]
     assert appended[0]["event"] == "resume" and appended[0]["step"] == 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [step for step, _ in summary["losses"]] == [1, 2, 3, 4, 5] and summary["resumed_from"] == 2
