@@ -8,7 +8,6 @@ tensors to the bit (torch.equal). And a longer `--max-steps` continues on the lo
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -23,6 +22,25 @@ from training_process import TrainingProcess
 EXACT_SETS = ("model.dtype=float32", "lora.dropout=0.1", "train.batch_size=2", "train.gradient_accumulation_steps=2",
               "data.max_rows=12", "train.batching=length_grouped", "train.max_steps=6", "train.save_steps=2",
               "train.save_total_limit=3", "train.learning_rate=0.001")
+
+
+# slothctl, announcing each micro-batch as a JSON line, so that a test can stop it inside a step's accumulation
+ANNOUNCE_MICRO_BATCHES = """
+import sys
+from slothctl.cli import output
+from slothctl.training import trainer
+plain = trainer.trainer_class
+def trainer_class():
+    class Announcing(plain()):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            output.current.json({"event": "micro_batch", "step": self.state.global_step + 1})  # --json's stdout
+            return loss
+    return Announcing
+trainer.trainer_class = trainer_class
+from slothctl.cli.app import main
+main(sys.argv[1:])
+"""
 
 
 def step_records(run: Path) -> dict[int, dict]:
@@ -50,10 +68,11 @@ def uninterrupted(tmp_path_factory, embedded_model) -> Path:
 def test_sigkill_mid_accumulation_then_resume_across_an_epoch_is_bit_identical(uninterrupted, tmp_path):
     project = make_project(tmp_path / "run", *EXACT_SETS)
     run_dir = project / "runs" / "run"
-    process = TrainingProcess("train", cwd=project)
-    # checkpoint-2 is complete: the loop goes on into step 3's first micro-batch; freeze it there and kill
-    process.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 2)
-    os.kill(process.proc.pid, signal.SIGSTOP)
+    process = TrainingProcess("train", cwd=project, code=ANNOUNCE_MICRO_BATCHES)
+    # frozen after the first of step 3's two micro-batches (its gradients accumulated, no update yet), killed there
+    process.freeze_on(lambda e: e["event"] == "micro_batch" and e["step"] == 3)
+    process.wait_for(lambda e: e["event"] == "micro_batch" and e["step"] == 3)
+    assert [e["step"] for e in process.of("checkpoint")] == [2] and [e["step"] for e in process.of("step")] == [1, 2]
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
     assert [step for step, _ in RunPaths(run_dir).checkpoints()] == [2] and not (run_dir / "adapter").exists()
