@@ -264,6 +264,24 @@ def assert_refused(result, code: int, *fragments: str) -> str:
     return error
 
 
+def test_the_merged_check_counts_each_weight_off_by_more_than_one_step_of_its_dtype():
+    import torch
+
+    from slothctl.export.check import _beyond_rounding
+
+    truth = torch.tensor([0.1234567, -3.3e-6, 0.0, 1e-9, 300.7, 0.5], dtype=torch.float32)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        rounded = truth.to(dtype)
+        assert _beyond_rounding(rounded, truth) == (0, 0.0), dtype  # rounding to nearest: within half a step
+        assert _beyond_rounding(torch.nextafter(rounded.float(), torch.tensor(9e9)).to(dtype), truth)[0] == 0
+        off = rounded.clone()
+        off[0] += 0.01  # one weight tampered with, among any number of them
+        assert _beyond_rounding(off, truth)[0] == 1, dtype
+        off[1] = float("nan")
+        assert _beyond_rounding(off, truth)[0] == 2 and _beyond_rounding(off, truth)[1] == float("inf")
+
+
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): a real merge and check, ~50 s
 def test_a_merged_weight_off_by_more_than_rounding_is_refused(proj, merged, tmp_path):
     out = tmp_path / "tampered"
     result = run_tampered("weight", "merge", "--out", str(out), "--json", cwd=proj)

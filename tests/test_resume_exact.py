@@ -18,9 +18,9 @@ from conftest import make_project, run_cli
 from slothctl.runs import RunPaths, read_metrics
 from training_process import TrainingProcess
 
-# 12 rows in batches of 2, two batches per step: 3 steps per epoch, 6 steps = two epochs; checkpoints at 2, 4, 6.
+# 12 rows in batches of 2, two batches per step: 3 steps per epoch, the 4th step starts the second; checkpoints at 2, 4.
 EXACT_SETS = ("model.dtype=float32", "lora.dropout=0.1", "train.batch_size=2", "train.gradient_accumulation_steps=2",
-              "data.max_rows=12", "train.batching=length_grouped", "train.max_steps=6", "train.save_steps=2",
+              "data.max_rows=12", "train.batching=length_grouped", "train.max_steps=4", "train.save_steps=2",
               "train.save_total_limit=3", "train.learning_rate=0.001")
 
 
@@ -80,12 +80,12 @@ def test_sigkill_mid_accumulation_then_resume_across_an_epoch_is_bit_identical(u
     result = run_cli("resume", "--json", cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     events = result.json_lines()
-    assert [e["step"] for e in events if e["event"] == "step"] == [3, 4, 5, 6]
+    assert [e["step"] for e in events if e["event"] == "step"] == [3, 4]
     assert events[-1]["event"] == "done" and events[-1]["resumed_from"] == 2
 
     ref_dir = uninterrupted / "runs" / "run"
     steps, ref_steps = step_records(run_dir), step_records(ref_dir)
-    assert sorted(steps) == sorted(ref_steps) == [1, 2, 3, 4, 5, 6]
+    assert sorted(steps) == sorted(ref_steps) == [1, 2, 3, 4]
     assert ref_steps[3]["epoch"] == 1.0 < ref_steps[4]["epoch"]  # the epoch boundary lies after the resume point
     for step in ref_steps:  # equal to the bit: losses, gradient norms, learning rates
         for key in ("loss", "grad_norm", "lr", "epoch"):
@@ -116,20 +116,19 @@ def cosine_lrs(base: float, warmup_ratio: float, total: int) -> list[float]:
     return lrs
 
 
-@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): one more load and 2 steps, ~30 s
 def test_a_longer_max_steps_continues_on_the_longer_schedule(uninterrupted, tmp_path):
-    """The finished 6-step run trained to 8: steps 7 and 8 take the learning rates of an 8-step schedule
-    (an optimizer restored with the 6-step schedule's last rate would train step 7 at rate 0)."""
+    """The finished 4-step run trained to 6: steps 5 and 6 take the learning rates of a 6-step schedule
+    (an optimizer restored with the 4-step schedule's last rate would train step 5 at rate 0)."""
     ref_steps = step_records(uninterrupted / "runs" / "run")
-    assert [ref_steps[s]["lr"] for s in range(1, 7)] == pytest.approx(cosine_lrs(0.001, 0.06, 6), rel=1e-9)
+    assert [ref_steps[s]["lr"] for s in range(1, 5)] == pytest.approx(cosine_lrs(0.001, 0.06, 4), rel=1e-9)
     project = tmp_path / "run"
     shutil.copytree(uninterrupted, project)
-    result = run_cli("train", "--max-steps", "8", "--json", cwd=project)
+    result = run_cli("train", "--max-steps", "6", "--json", cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     events = result.json_lines()
-    assert events[-1]["resumed_from"] == 6 and events[-1]["steps"] == 8
+    assert events[-1]["resumed_from"] == 4 and events[-1]["steps"] == 6
     lrs = {e["step"]: e["lr"] for e in events if e["event"] == "step"}
-    expected = cosine_lrs(0.001, 0.06, 8)
-    assert sorted(lrs) == [7, 8]
-    assert [lrs[7], lrs[8]] == pytest.approx(expected[6:], rel=1e-9), (lrs, expected)
-    assert lrs[7] > 0
+    expected = cosine_lrs(0.001, 0.06, 6)
+    assert sorted(lrs) == [5, 6]
+    assert [lrs[5], lrs[6]] == pytest.approx(expected[4:], rel=1e-9), (lrs, expected)
+    assert lrs[5] > 0

@@ -102,20 +102,21 @@ def _distance(a, b) -> float:
 
 def _beyond_rounding(saved, truth) -> tuple[int, float]:
     """Elements of `saved` further from the exact float32 merge `truth` than one step of the stored
-    dtype at that value (rounding to nearest is off by at most half a step; a whole step allows for a
-    float32 merge that summed in another order and rounded the other way), and the largest such error.
-    NaN and infinity count as beyond."""
+    dtype at that value, and the largest such error. Rounding to nearest is off by at most half a step;
+    a whole step, and at least 2^-20 of the tensor's largest weight, allow for a merge that summed in
+    another order (another device) and rounded the other way. NaN and infinity count as beyond."""
     import torch
 
     finfo = torch.finfo(saved.dtype)
     truth = truth.float()
     _, exponent = torch.frexp(truth)  # |truth| in [2^(e-1), 2^e): the stored dtype's step there is eps * 2^(e-1)
-    step = torch.clamp(torch.exp2((exponent - 1).float()) * finfo.eps, min=finfo.tiny * finfo.eps)
+    floor = max(finfo.tiny * finfo.eps, float(truth.abs().max()) * 2.0 ** -20)
+    step = torch.clamp(torch.exp2((exponent - 1).float()) * finfo.eps, min=floor)
     diff = (saved.float() - truth).abs()
     beyond = ~(diff <= step)
     if not bool(beyond.any()):
         return 0, 0.0
-    return int(beyond.sum()), float(diff[beyond].nan_to_num(nan=math.inf).max())
+    return int(beyond.sum()), float(diff[beyond].nan_to_num(nan=math.inf, posinf=math.inf).max())
 
 
 def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> dict:
