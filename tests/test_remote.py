@@ -274,6 +274,7 @@ def retried(tmp_path_factory, volumes):
     for line in attempt.stdout:
         first.append(strict_json(line))
         if first[-1]["event"] == "checkpoint":  # sent once checkpoint-2 is complete
+            os.killpg(attempt.pid, signal.SIGSTOP)  # frozen at once (worker and training): step 3 never ends
             break
     os.killpg(attempt.pid, signal.SIGKILL)  # the container is gone: worker and training process
     attempt.wait(timeout=60)
