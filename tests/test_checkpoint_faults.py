@@ -101,14 +101,15 @@ def test_sigkill_during_rotation_leaves_the_new_checkpoint_and_resume_goes_on(tm
 
 @pytest.mark.slow
 def test_twenty_sigkills_around_rotation_never_strand_the_run(tmp_path, embedded_model):
-    """The issue's measurement: SIGKILL 0-20 ms after checkpoint-2 appeared (save_steps = 1,
-    save_total_limit = 1), 20 times; every `resume` afterwards must succeed."""
+    """The issue's measurement: SIGKILL 0-20 ms after checkpoint-2 became complete (its marker appeared:
+    rotation of checkpoint-1 follows at once; save_steps = 1, save_total_limit = 1), 20 times; every
+    `resume` afterwards must succeed and no checkpoint that counts may fail to verify."""
     rng = random.Random(14)
     for attempt in range(20):
         project = make_project(tmp_path / f"k{attempt}", *SETS, "train.save_total_limit=1")
         run_dir = project / "runs" / f"k{attempt}"
         process = TrainingProcess("train", cwd=project)
-        while not (run_dir / "checkpoint-2").exists():
+        while not (run_dir / "checkpoint-2" / CHECKPOINT_INFO).exists():
             assert process.proc.poll() is None, process.stderr[-3000:]
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.02))
