@@ -46,26 +46,6 @@ def wait_for_file(flag: Path, process: TrainingProcess, timeout: float = 300) ->
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def three_checkpoints(tmp_path_factory, embedded_model) -> Path:
-    """A run trained to the end with checkpoint-1, -2 and -3 kept: each test damages a copy of it."""
-    project = make_project(tmp_path_factory.mktemp("faults") / "proj", *SETS, "train.save_total_limit=3")
-    result = run_cli("train", "--json", cwd=project)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return project
-
-
-def copy_run(project: Path, tmp_path: Path, *, finished: bool = True) -> tuple[Path, Path]:
-    """A copy of the project; unless `finished`, as if killed after its last checkpoint (no adapter yet)."""
-    target = tmp_path / "proj"
-    shutil.copytree(project, target)
-    run_dir = target / "runs" / "proj"
-    if not finished:
-        shutil.rmtree(run_dir / "adapter")
-        (run_dir / "summary.json").unlink()
-    return target, run_dir
-
-
 # ---- 1. a kill during rotation ----------------------------------------------------------------------------------------
 
 def test_sigkill_during_rotation_leaves_the_new_checkpoint_and_resume_goes_on(tmp_path, embedded_model, monkeypatch):
@@ -125,8 +105,57 @@ def test_twenty_sigkills_around_rotation_never_strand_the_run(tmp_path, embedded
 
 # ---- 2. damaged checkpoints, a NaN loss ------------------------------------------------------------------------------
 
-def test_resume_from_a_damaged_checkpoint_names_the_file_and_moves_nothing(three_checkpoints, tmp_path):
-    project, run_dir = copy_run(three_checkpoints, tmp_path)
+SITECUSTOMIZE = """
+import torch, torch.nn.functional as F
+
+_real, _calls = F.cross_entropy, [0]
+
+def cross_entropy(*args, **kwargs):  # the loss of the {step}th forward (= step: one micro-batch a step) is NaN
+    _calls[0] += 1
+    loss = _real(*args, **kwargs)
+    return loss * float("nan") if _calls[0] == {step} else loss
+
+F.cross_entropy = cross_entropy
+"""
+
+
+@pytest.fixture(scope="module")
+def nan_at_step_4(tmp_path_factory, embedded_model) -> tuple[Path, object]:
+    """A run of 4 steps, a checkpoint at each, whose loss turns NaN at step 4 (a sitecustomize.py on
+    PYTHONPATH patches the loss function). Returns the project and the result; its run holds checkpoint-1,
+    -2 and -3 and no adapter, as a killed run would: the tests of damaged checkpoints damage copies of it."""
+    base = tmp_path_factory.mktemp("faults")
+    project = make_project(base / "proj", *SETS, "train.max_steps=4", "train.save_total_limit=3")
+    hooks = base / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("{step}", "4"))
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    return project, run_cli("train", "--json", cwd=project, env={"PYTHONPATH": path})
+
+
+def copy_run(fixture: tuple[Path, object], tmp_path: Path) -> tuple[Path, Path]:
+    target = tmp_path / "proj"
+    shutil.copytree(fixture[0], target)
+    return target, target / "runs" / "proj"
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_good_checkpoint(nan_at_step_4):
+    project, result = nan_at_step_4
+    run_dir = project / "runs" / "proj"
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = final_error(result.stderr)
+    assert "NaN" in error and "step 4" in error and str(run_dir / "checkpoint-3") in error, error
+    result.json_lines()  # strict JSON: no bare NaN reached stdout
+    assert steps(run_dir) == [1, 2, 3] and not (run_dir / "checkpoint-4").exists()
+    assert not (run_dir / "adapter").exists() and "NaN" not in (run_dir / "metrics.jsonl").read_text()
+
+    from safetensors.torch import load_file
+    weights = load_file(run_dir / "checkpoint-3" / "adapter_model.safetensors")
+    assert all(bool(t.isfinite().all()) for t in weights.values())
+
+
+def test_resume_from_a_damaged_checkpoint_names_the_file_and_moves_nothing(nan_at_step_4, tmp_path):
+    project, run_dir = copy_run(nan_at_step_4, tmp_path)
     weights = run_dir / "checkpoint-2" / "adapter_model.safetensors"
     size = weights.stat().st_size
     garble(weights)  # 4 KiB of garbage, same size: only the hash tells
@@ -141,8 +170,8 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_moves_nothing(three
         ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
 
 
-def test_chat_and_merge_refuse_a_damaged_checkpoint(three_checkpoints, tmp_path):
-    project, run_dir = copy_run(three_checkpoints, tmp_path)
+def test_chat_and_merge_refuse_a_damaged_checkpoint(nan_at_step_4, tmp_path):
+    project, run_dir = copy_run(nan_at_step_4, tmp_path)
     optimizer = run_dir / "checkpoint-2" / "optimizer.pt"
     with open(optimizer, "r+b") as handle:  # truncated
         handle.truncate(optimizer.stat().st_size // 2)
@@ -153,8 +182,8 @@ def test_chat_and_merge_refuse_a_damaged_checkpoint(three_checkpoints, tmp_path)
     assert not (run_dir / "merged").exists()
 
 
-def test_damaged_newest_checkpoints_are_set_aside_and_resume_falls_back(three_checkpoints, tmp_path):
-    project, run_dir = copy_run(three_checkpoints, tmp_path, finished=False)
+def test_damaged_newest_checkpoints_are_set_aside_and_resume_falls_back(nan_at_step_4, tmp_path):
+    project, run_dir = copy_run(nan_at_step_4, tmp_path)
     (run_dir / "checkpoint-3" / CHECKPOINT_INFO).write_text('{"step": 3, "files": {"adapt')  # garbled marker
     garble(run_dir / "checkpoint-2" / "adapter_model.safetensors")
     result = run_cli("resume", "--json", cwd=project)
@@ -164,13 +193,13 @@ def test_damaged_newest_checkpoints_are_set_aside_and_resume_falls_back(three_ch
     assert any(CHECKPOINT_INFO in w and "checkpoint-3.damaged-" in w for w in warnings), warnings
     assert any("adapter_model.safetensors" in w and "checkpoint-2.damaged-" in w and "checkpoint-1" in w
                for w in warnings), warnings
-    assert [e["step"] for e in events if e["event"] == "step"] == [2, 3] and events[-1]["resumed_from"] == 1
+    assert [e["step"] for e in events if e["event"] == "step"] == [2, 3, 4] and events[-1]["resumed_from"] == 1
     assert len([p for p in run_dir.iterdir() if ".damaged-" in p.name]) == 2
-    assert steps(run_dir) == [1, 2, 3] and all(checkpoint_problem(p) is None for _, p in RunPaths(run_dir).checkpoints())
+    assert steps(run_dir) == [2, 3, 4] and all(checkpoint_problem(p) is None for _, p in RunPaths(run_dir).checkpoints())
 
 
-def test_no_checkpoint_verifies_exit_1_naming_the_file(three_checkpoints, tmp_path):
-    project, run_dir = copy_run(three_checkpoints, tmp_path, finished=False)
+def test_no_checkpoint_verifies_exit_1_naming_the_file(nan_at_step_4, tmp_path):
+    project, run_dir = copy_run(nan_at_step_4, tmp_path)
     for step in (1, 2, 3):
         garble(run_dir / f"checkpoint-{step}" / "optimizer.pt")
     result = run_cli("resume", cwd=project)
@@ -178,41 +207,6 @@ def test_no_checkpoint_verifies_exit_1_naming_the_file(three_checkpoints, tmp_pa
     assert str(run_dir / "checkpoint-3" / "optimizer.pt") in final_error(result.stderr)
     assert "--fresh" in result.stderr.splitlines()[-1]
     assert not [p for p in run_dir.iterdir() if ".damaged-" in p.name]  # nothing to fall back to: nothing moved
-
-
-SITECUSTOMIZE = """
-import torch, torch.nn.functional as F
-
-_real, _calls = F.cross_entropy, [0]
-
-def cross_entropy(*args, **kwargs):  # the loss of the NAN_AT-th forward (= step, one micro-batch a step) is NaN
-    _calls[0] += 1
-    loss = _real(*args, **kwargs)
-    return loss * float("nan") if _calls[0] == {step} else loss
-
-F.cross_entropy = cross_entropy
-"""
-
-
-def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, embedded_model,
-                                                                                 monkeypatch):
-    project = make_project(tmp_path / "nan", *SETS, "train.save_total_limit=3")
-    run_dir = project / "runs" / "nan"
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("{step}", "3"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
-    result = run_cli("train", "--max-steps", "4", "--json", cwd=project)
-    assert result.returncode == 1, result.stderr[-3000:]
-    error = final_error(result.stderr)
-    assert "NaN" in error and "step 3" in error and str(run_dir / "checkpoint-2") in error
-    result.json_lines()  # strict JSON: no bare NaN reached stdout
-    assert steps(run_dir) == [1, 2] and not (run_dir / "checkpoint-3").exists() and not (run_dir / "adapter").exists()
-    assert "NaN" not in (run_dir / "metrics.jsonl").read_text()
-
-    from safetensors.torch import load_file
-    weights = load_file(run_dir / "checkpoint-2" / "adapter_model.safetensors")
-    assert all(bool(t.isfinite().all()) for t in weights.values())
 
 
 # ---- 6. a full disk --------------------------------------------------------------------------------------------------
@@ -229,10 +223,10 @@ def _can_mount_tmpfs(tmp_path: Path) -> bool:
     return done.returncode == 0
 
 
-def test_disk_full_while_writing_a_checkpoint_says_so_and_keeps_the_previous(three_checkpoints, tmp_path):
+def test_disk_full_while_writing_a_checkpoint_says_so_and_keeps_the_previous(nan_at_step_4, tmp_path):
     if not _can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (unshare -rm and mount -t tmpfs refused)")
-    size = sum(p.stat().st_size for p in (three_checkpoints / "runs" / "proj" / "checkpoint-1").iterdir())
+    size = sum(p.stat().st_size for p in (nan_at_step_4[0] / "runs" / "proj" / "checkpoint-1").iterdir())
     project = make_project(tmp_path / "full", *SETS, "train.save_total_limit=1")
     (project / "runs").mkdir()
     saved = tmp_path / "saved"
