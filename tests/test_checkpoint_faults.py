@@ -31,11 +31,12 @@ def steps(run_dir: Path) -> list[int]:
     return [step for step, _ in RunPaths(run_dir).checkpoints()]
 
 
-def garble(path: Path, offset: int = 4096, size: int = 4096) -> None:
-    """Overwrite `size` bytes in the middle of a file with garbage: the file keeps its size."""
+def garble(path: Path, size: int = 4096) -> None:
+    """Overwrite 4 KiB in the middle of a file with 0xff bytes (NaN as float32): the file keeps its size
+    and, before the hashes, such an adapter loaded and trained silently to an all-NaN adapter (exit 0)."""
     with open(path, "r+b") as handle:
-        handle.seek(offset)
-        handle.write(os.urandom(size))
+        handle.seek(path.stat().st_size // 2)
+        handle.write(b"\xff" * size)
 
 
 def wait_for_file(flag: Path, process: TrainingProcess, timeout: float = 300) -> None:
@@ -158,7 +159,7 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_moves_nothing(nan_a
     project, run_dir = copy_run(nan_at_step_4, tmp_path)
     weights = run_dir / "checkpoint-2" / "adapter_model.safetensors"
     size = weights.stat().st_size
-    garble(weights)  # 4 KiB of garbage, same size: only the hash tells
+    garble(weights)  # same size: only the hash tells
     assert weights.stat().st_size == size
     result = run_cli("resume", "--from", "2", cwd=project)
     assert result.returncode == 1, result.stderr[-3000:]
