@@ -21,6 +21,7 @@ import pytest
 
 from conftest import final_error, make_project, run_cli
 from slothctl.runs import CHECKPOINT_INFO, PAUSE_ENV, RunPaths, checkpoint_problem
+from slothctl.training.checkpoints import listed_files
 from training_process import TrainingProcess
 
 # 3 steps of 2 rows, a checkpoint at every step.
@@ -169,6 +170,20 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_moves_nothing(nan_a
     # the newer good checkpoint was not set aside, nothing was renamed or trained
     assert steps(run_dir) == [1, 2, 3] and sorted(p.name for p in run_dir.iterdir() if "checkpoint" in p.name) == \
         ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+
+
+def test_a_checkpoint_that_fails_to_load_sets_nothing_aside(nan_at_step_4, tmp_path):
+    """A checkpoint whose marker vouches for a broken file (damaged before it was marked) fails only when
+    loaded: the newer good checkpoint must still be in place afterwards."""
+    project, run_dir = copy_run(nan_at_step_4, tmp_path)
+    folder = run_dir / "checkpoint-2"
+    (folder / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    marker = json.loads((folder / CHECKPOINT_INFO).read_text())
+    marker["files"] = listed_files(folder)
+    (folder / CHECKPOINT_INFO).write_text(json.dumps(marker))
+    result = run_cli("resume", "--from", "2", cwd=project)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert steps(run_dir) == [1, 2, 3] and not [p for p in run_dir.iterdir() if ".superseded-" in p.name]
 
 
 def test_chat_and_merge_refuse_a_damaged_checkpoint(nan_at_step_4, tmp_path):
