@@ -183,6 +183,7 @@ def test_a_checkpoint_that_fails_to_load_sets_nothing_aside(nan_at_step_4, tmp_p
     (folder / CHECKPOINT_INFO).write_text(json.dumps(marker))
     result = run_cli("resume", "--from", "2", cwd=project)
     assert result.returncode == 1, result.stderr[-3000:]
+    assert f"cannot load {folder}" in final_error(result.stderr) and "--from 1" in result.stderr.splitlines()[-1]
     assert steps(run_dir) == [1, 2, 3] and not [p for p in run_dir.iterdir() if ".superseded-" in p.name]
 
 

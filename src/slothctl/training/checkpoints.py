@@ -131,7 +131,10 @@ def completion(run: dict[str, Any], keep: int, emit: Emit, loaded: Callable[[], 
     from transformers import TrainerCallback
 
     class Completion(TrainerCallback):
+        resumed = False  # the checkpoint resumed from (if any) has loaded: see `loaded` below
+
         def on_train_begin(self, args, state, control, **kwargs):
+            self.resumed = True
             if state.is_world_process_zero:
                 loaded()
 
@@ -161,6 +164,12 @@ def completion(run: dict[str, Any], keep: int, emit: Emit, loaded: Callable[[], 
             emit(Event("checkpoint", {"step": state.global_step, "path": str(folder)}))
 
     return Completion()
+
+
+def loaded(trainer) -> bool:
+    """Whether `trainer.train` got past loading its checkpoint (its Completion callback saw the training
+    begin): a failure before that is the checkpoint's."""
+    return any(getattr(callback, "resumed", False) for callback in trainer.callback_handler.callbacks)
 
 
 def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:

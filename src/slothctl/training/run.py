@@ -27,7 +27,7 @@ from slothctl.backends import Backend, LoadOptions
 from slothctl.config import Config, LoraConfig, ModelConfig, TrainConfig
 from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
-from slothctl.errors import Interrupted
+from slothctl.errors import Interrupted, SlothctlError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
@@ -36,7 +36,7 @@ from slothctl.training.batching import Choice
 from slothctl.training.layout import Layout, MemoryPlan, layout_batching, plan_memory, present_gpu
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable, disk_full, is_disk_full
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
-    run_optimizer, set_aside_newer
+    run_optimizer, set_aside_newer, unloadable
 from slothctl.training.signals import GracefulStop
 from slothctl.training.trainer import make_trainer
 
@@ -303,6 +303,9 @@ def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: T
         except Exception as exc:  # noqa: BLE001 - only out of memory is handled; the rest goes on up
             if is_disk_full(exc):
                 raise disk_full(plan.paths, trainer.state.global_step, resume) from exc
+            if plan.checkpoint is not None and not checkpoints.loaded(trainer) and not isinstance(exc, SlothctlError) \
+                    and not out_of_memory.is_out_of_memory(exc):
+                raise unloadable(plan, exc, resume) from exc
             if not out_of_memory.is_out_of_memory(exc):
                 raise
         # here the exception, and the activations its traceback held, are gone
