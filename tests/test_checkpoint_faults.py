@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def test_twenty_sigkills_around_rotation_never_strand_the_run(tmp_path, embedded
     rotation of checkpoint-1 follows at once; save_steps = 1, save_total_limit = 1), 20 times; every
     `resume` afterwards must succeed and no checkpoint that counts may fail to verify."""
     rng = random.Random(14)
+    moments: Counter = Counter()  # where the kills landed, printed (-s) to see that rotation was hit
     for attempt in range(20):
         project = make_project(tmp_path / f"k{attempt}", *SETS, "train.save_total_limit=1")
         run_dir = project / "runs" / f"k{attempt}"
@@ -97,12 +99,16 @@ def test_twenty_sigkills_around_rotation_never_strand_the_run(tmp_path, embedded
         time.sleep(rng.uniform(0, 0.02))
         process.signal(signal.SIGKILL)
         process.finish()
+        names = {p.name for p in run_dir.iterdir()}
+        moments[("before rotation" if "checkpoint-1" in names else
+                  "during rotation" if any(".deleting-" in n for n in names) else "after rotation")] += 1
         for step, path in RunPaths(run_dir).checkpoints():
             assert checkpoint_problem(path) is None, (attempt, step)
         result = run_cli("resume", "--json", cwd=project)
         assert result.returncode == 0, (attempt, result.stderr[-3000:])
         assert result.json_lines()[-1]["steps"] == 3
         shutil.rmtree(project)
+    print("kills:", dict(moments))
 
 
 # ---- 2. damaged checkpoints, a NaN loss ------------------------------------------------------------------------------
