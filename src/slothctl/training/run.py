@@ -36,8 +36,9 @@ from slothctl.training.batching import Choice
 from slothctl.training.layout import Layout, MemoryPlan, layout_batching, plan_memory, present_gpu
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable, disk_full, is_disk_full
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
-    run_optimizer, set_aside_newer, unloadable
+    run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
+from slothctl.training.plan import unloadable
 from slothctl.training.trainer import make_trainer
 
 
