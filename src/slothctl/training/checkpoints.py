@@ -43,9 +43,10 @@ from typing import Any, Callable
 
 from slothctl import __version__, models
 from slothctl.config import Config, LoraConfig, ModelConfig
+from slothctl.errors import RuntimeFailure
 from slothctl.events import Emit, Event
-from slothctl.runs import CHECKPOINT_INFO, RunPaths, file_sha256, fsync_dir, fsync_tree, rotate_checkpoints, \
-    write_json_atomic
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, checkpoint_problem, file_sha256, fsync_dir, fsync_tree, \
+    rotate_checkpoints, write_json_atomic
 from slothctl.training import ranks
 
 SECTIONS = ("model", "lora", "data", "train")
@@ -170,6 +171,17 @@ def loaded(trainer) -> bool:
     """Whether `trainer.train` got past loading its checkpoint (its Completion callback saw the training
     begin): a failure before that is the checkpoint's."""
     return any(getattr(callback, "resumed", False) for callback in trainer.callback_handler.callbacks)
+
+
+def unloadable(paths: RunPaths, checkpoint: Path, step: int, exc: Exception, resume: str) -> RuntimeFailure:
+    """The checkpoint resumed from verified but failed to load (exit 1): named, with the command that
+    resumes from the previous good one. Nothing was set aside (that waits for the load)."""
+    older = [path for number, path in paths.marked_checkpoints() if number < step]
+    good = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return RuntimeFailure(f"cannot load {checkpoint}: {detail}",
+                          f"resume from the previous good checkpoint: {resume} --from {read_info(good)['step']}"
+                          if good is not None else "start over with: slothctl train --fresh")
 
 
 def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:

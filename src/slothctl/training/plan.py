@@ -186,17 +186,6 @@ def set_aside_newer(plan: RunPlan, emit: Emit) -> None:
             warning(emit, f"{path.name} is newer than {plan.checkpoint.name}: kept as {target.name}")
 
 
-def unloadable(plan: RunPlan, exc: Exception, resume: str) -> RuntimeFailure:
-    """The checkpoint resumed from verified but failed to load (exit 1): named, with the command that
-    resumes from the previous good one. Nothing was set aside (that waits for the load)."""
-    older = [(step, path) for step, path in plan.paths.marked_checkpoints() if step < (plan.resume_step or 0)]
-    good = next((step for step, path in reversed(older) if checkpoint_problem(path) is None), None)
-    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return RuntimeFailure(f"cannot load {plan.checkpoint}: {detail}",
-                          f"resume from the previous good checkpoint: {resume} --from {good}" if good is not None
-                          else "start over with: slothctl train --fresh")
-
-
 def finished_summary(cfg: Config, paths: RunPaths, total_steps: int, data_hash: str) -> dict | None:
     """summary.json of a run that already finished with this config (up to FREE_TO_CHANGE keys), this
     data and this number of steps (or stopped early), else None."""

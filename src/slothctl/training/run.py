@@ -38,7 +38,6 @@ from slothctl.training.checks import check_bitsandbytes, check_disk_space, check
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
-from slothctl.training.plan import unloadable
 from slothctl.training.trainer import make_trainer
 
 
@@ -306,7 +305,7 @@ def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: T
                 raise disk_full(plan.paths, trainer.state.global_step, resume) from exc
             if plan.checkpoint is not None and not checkpoints.loaded(trainer) and not isinstance(exc, SlothctlError) \
                     and not out_of_memory.is_out_of_memory(exc):
-                raise unloadable(plan, exc, resume) from exc
+                raise checkpoints.unloadable(plan.paths, plan.checkpoint, plan.resume_step, exc, resume) from exc
             if not out_of_memory.is_out_of_memory(exc):
                 raise
         # here the exception, and the activations its traceback held, are gone
