@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import final_error, make_project, run_cli
+from conftest import final_error, make_project, run_cli, strict_json
 from slothctl.runs import CHECKPOINT_INFO, PAUSE_ENV, RunPaths, checkpoint_problem
 from slothctl.training.checkpoints import listed_files
 from training_process import TrainingProcess
@@ -264,7 +264,7 @@ def test_disk_full_while_writing_a_checkpoint_says_so_and_keeps_the_previous(nan
     assert done.returncode == 1, done.stderr[-3000:]
     error = final_error(done.stderr)
     assert "no space left on" in error and "checkpoint-1" in error and "MB" in error, error
-    [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    [strict_json(line) for line in done.stdout.splitlines() if line.strip()]  # an error event, strict JSON
     run_dir = saved / "full"
     assert steps(run_dir) == [1] and checkpoint_problem(run_dir / "checkpoint-1") is None
     assert not (run_dir / "checkpoint-2").exists()
