@@ -25,15 +25,17 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from slothctl.errors import UsageError
+from slothctl.errors import RuntimeFailure, UsageError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_INFO = "slothctl_checkpoint.json"  # written last: a checkpoint without it is incomplete
 ADAPTER_INFO = "slothctl_adapter.json"  # next to an adapter: base model, chat template, backend
+DELETING = ".deleting-"  # .checkpoint-N.deleting-<pid>: a rotated checkpoint on its way out
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,14 @@ class RunPaths:
         return [(step, path) for step, path in self._named_checkpoints() if is_complete_checkpoint(path)]
 
     def incomplete_checkpoints(self) -> list[Path]:
-        """Folders named like a checkpoint that were never finished (no slothctl_checkpoint.json)."""
-        return [path for _, path in self._named_checkpoints() if not is_complete_checkpoint(path)]
+        """Folders named like a checkpoint that were never finished (no slothctl_checkpoint.json). A marker
+        that is there but unreadable is damage, not an unfinished write (checkpoint_problem says so)."""
+        return [path for _, path in self._named_checkpoints() if not (path / CHECKPOINT_INFO).exists()]
+
+    def marked_checkpoints(self) -> list[tuple[int, Path]]:
+        """Checkpoints with a marker, readable or not, oldest first: what a resume may choose from
+        once checkpoint_problem has verified it."""
+        return [(step, path) for step, path in self._named_checkpoints() if (path / CHECKPOINT_INFO).is_file()]
 
     def latest_checkpoint(self) -> Path | None:
         checkpoints = self.checkpoints()
@@ -104,13 +112,54 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
     """Delete all but the newest `keep` complete checkpoints (by step); returns what was deleted.
-    The marker goes first, so a deletion cut short never leaves a partial folder that counts."""
+    Each is first renamed aside (.checkpoint-N.deleting-<pid>, one atomic step), so a kill while its
+    files go never leaves a partial folder that counts; the next run removes what is left of it
+    (remove_stale_temporaries)."""
     old = [path for _, path in paths.checkpoints()[:-keep or None]] if keep > 0 else []
     for path in old:
-        (path / CHECKPOINT_INFO).unlink(missing_ok=True)
-        fsync_dir(path)
-        shutil.rmtree(path, ignore_errors=True)
+        aside = path.with_name(f".{path.name}{DELETING}{os.getpid()}")
+        os.replace(path, aside)
+        fsync_dir(paths.root)
+        pause_point("rotation")
+        shutil.rmtree(aside, ignore_errors=True)
     return old
+
+
+PAUSE_ENV = "SLOTHCTL_TEST_PAUSE"  # "<moment>:<file>" (tests only): at that moment touch the file and wait
+
+
+def pause_point(moment: str) -> None:
+    """Tests kill a process at a named moment (e.g. "rotation") instead of guessing it by timing: the
+    process announces it through a file and waits there to be killed."""
+    name, _, flag = os.environ.get(PAUSE_ENV, "").partition(":")
+    if name == moment and flag:
+        Path(flag).touch()
+        time.sleep(3600)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint's files by its marker (None when each listed file is there with
+    its size and sha256): one line naming the file. Markers of older versions list sizes only."""
+    marker = folder / CHECKPOINT_INFO
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        files = info.get("files", {}) if isinstance(info, dict) else None
+        if not isinstance(files, dict):
+            raise ValueError("not a checkpoint marker")
+    except OSError as exc:
+        return f"{marker} cannot be read ({exc.strerror})"
+    except ValueError:
+        return f"{marker} is damaged (not the JSON slothctl wrote)"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != entry.get("size", size):
+            return f"{path} is damaged ({size} bytes, {entry['size']} when it was written)"
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            return f"{path} is damaged (its content changed since it was written: sha256 differs)"
+    return None
 
 
 def clean_incomplete(paths: RunPaths) -> list[Path]:
@@ -237,7 +286,7 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     if not root.is_dir():
         return removed
     for child in root.iterdir():
-        if child.name.startswith(".") and (".tmp" in child.name or ".old-" in child.name):
+        if child.name.startswith(".") and any(tag in child.name for tag in (".tmp", ".old-", DELETING)):
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:
@@ -301,6 +350,11 @@ def resolve_adapter(run_root: Path, adapter: Path | None = None, checkpoint: int
         if not (path / "adapter_config.json").is_file():
             found = ", ".join(str(step) for step, _ in paths.checkpoints()) or "none"
             raise UsageError(f"run {run_root} has no checkpoint {checkpoint}", f"checkpoints: {found}")
+        problem = checkpoint_problem(path) if (path / CHECKPOINT_INFO).exists() else None
+        if problem:
+            others = [str(step) for step, other in paths.checkpoints() if other != path]
+            raise RuntimeFailure(problem, f"use another checkpoint: --checkpoint {others[-1]}" if others
+                                 else "use the run's final adapter (leave out --checkpoint)")
         return path
     if not (paths.adapter / "adapter_config.json").is_file():
         if not run_root.exists():

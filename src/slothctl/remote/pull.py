@@ -72,10 +72,11 @@ class PullResult:
 
 
 def _wanted(prefix: str, files: list[StoredFile], checkpoints: bool) -> bool:
-    """Hidden items (the lock, temporaries), superseded and incomplete checkpoints are never copied;
+    """Hidden items (the lock, temporaries, rotated checkpoints on their way out), superseded, damaged and
+    incomplete checkpoints are never copied;
     complete checkpoints only with `checkpoints`."""
     item = PurePosixPath(prefix).name
-    if item.startswith(".") or ".superseded-" in item:
+    if item.startswith(".") or ".superseded-" in item or ".damaged-" in item:
         return False
     if CHECKPOINT_RE.match(item):
         return checkpoints and any(f.path == f"{prefix}/{CHECKPOINT_INFO}" for f in files)

@@ -8,18 +8,20 @@
                                                        (rng_state_<rank>.pth for each rank of several)
       trainer_state.json                               global step, epoch, log history, early-stopping state
       slothctl_checkpoint.json                         the completion marker: config and its hash, data
-                                                       hash, sampler position, every file and its size
+                                                       hash, sampler position, every file with its size and sha256
 
 The Trainer writes checkpoint-N itself (its own save, chosen by public arguments). Then `completion`,
 an `on_save` callback, flushes every file to disk (fsync) and writes slothctl_checkpoint.json, atomically
 and last. Only a folder with that marker counts as a checkpoint (runs.is_complete_checkpoint): a crash
 or a second Ctrl-C while the trainer writes leaves a folder without one, which is never resumed from
 and which the next run removes with a warning (runs.clean_incomplete). The marker lists the files it
-vouches for (`files`: name → size), so a later check can verify them.
+vouches for (`files`: name → size and sha256), and a resume (or chat/merge/export --checkpoint) verifies
+them first (runs.checkpoint_problem): a damaged checkpoint is named by its file, never trained on.
 
 Rotation ([train] save_total_limit) is done here, after the marker, not by the Trainer: the Trainer
 rotates inside its save, before the new checkpoint is complete, so with a limit of 1 a crash at that
-moment would leave no checkpoint at all.
+moment would leave no checkpoint at all. An old checkpoint is renamed aside before its files go
+(runs.rotate_checkpoints), so a kill during rotation never leaves one that counts without its weights.
 
 Data order: the trainer's sampler is seeded with [train] seed and reseeded per epoch (accelerate's
 seedable sampler), so the order is a function of the training rows, the seed and the epoch. The
@@ -37,12 +39,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from slothctl import __version__, models
 from slothctl.config import Config, LoraConfig, ModelConfig
+from slothctl.errors import RuntimeFailure
 from slothctl.events import Emit, Event
-from slothctl.runs import CHECKPOINT_INFO, RunPaths, fsync_dir, fsync_tree, rotate_checkpoints, write_json_atomic
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, checkpoint_problem, file_sha256, fsync_dir, fsync_tree, \
+    rotate_checkpoints, write_json_atomic
 from slothctl.training import ranks
 
 SECTIONS = ("model", "lora", "data", "train")
@@ -95,9 +99,11 @@ def data_position(step: int, batches_per_epoch: int, gradient_accumulation_steps
             "batches_per_epoch": batches_per_epoch}
 
 
-def listed_files(folder: Path) -> dict[str, dict[str, int]]:
-    """Every file of a checkpoint (but its marker), relative name → size: what the marker vouches for."""
-    return {str(path.relative_to(folder)): {"size": path.stat().st_size}
+def listed_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a checkpoint (but its marker), relative name → size and sha256: what the marker
+    vouches for, so that a file damaged later (even to the same size) is found before it is trained on
+    (runs.checkpoint_problem)."""
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": file_sha256(path)}
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != CHECKPOINT_INFO}
 
 
@@ -117,13 +123,22 @@ def unmark(folder: Path) -> None:
         fsync_dir(folder)
 
 
-def completion(run: dict[str, Any], keep: int, emit: Emit):
+def completion(run: dict[str, Any], keep: int, emit: Emit, loaded: Callable[[], None] = lambda: None):
     """A TrainerCallback that completes each checkpoint the Trainer saves (the marker), then keeps the
     newest `keep` and announces it. `run` is what every checkpoint of the run records besides its
-    position: the config, its hash, the data hash and the seed (run_record)."""
+    position: the config, its hash, the data hash and the seed (run_record). `loaded` runs on rank 0
+    once the Trainer has loaded the checkpoint resumed from (weights, optimizer, schedule), before the
+    first step: newer checkpoints are set aside only then (plan.set_aside_newer)."""
     from transformers import TrainerCallback
 
     class Completion(TrainerCallback):
+        resumed = False  # the checkpoint resumed from (if any) has loaded: see `loaded` below
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.resumed = True
+            if state.is_world_process_zero:
+                loaded()
+
         def _about_to_save(self, args, state, control) -> None:
             if control.should_save and state.is_world_process_zero:
                 unmark(RunPaths(Path(args.output_dir)).checkpoint(state.global_step))
@@ -150,6 +165,23 @@ def completion(run: dict[str, Any], keep: int, emit: Emit):
             emit(Event("checkpoint", {"step": state.global_step, "path": str(folder)}))
 
     return Completion()
+
+
+def loaded(trainer) -> bool:
+    """Whether `trainer.train` got past loading its checkpoint (its Completion callback saw the training
+    begin): a failure before that is the checkpoint's."""
+    return any(getattr(callback, "resumed", False) for callback in trainer.callback_handler.callbacks)
+
+
+def unloadable(paths: RunPaths, checkpoint: Path, step: int, exc: Exception, resume: str) -> RuntimeFailure:
+    """The checkpoint resumed from verified but failed to load (exit 1): named, with the command that
+    resumes from the previous good one. Nothing was set aside (that waits for the load)."""
+    older = [path for number, path in paths.marked_checkpoints() if number < step]
+    good = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return RuntimeFailure(f"cannot load {checkpoint}: {detail}",
+                          f"resume from the previous good checkpoint: {resume} --from {read_info(good)['step']}"
+                          if good is not None else "start over with: slothctl train --fresh")
 
 
 def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:

@@ -3,14 +3,16 @@ a disk too small for a checkpoint and the final adapter, bitsandbytes missing wh
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from slothctl.config import LoraConfig, ModelConfig
-from slothctl.errors import UsageError
-from slothctl.runs import free_bytes, nearest_existing
+from slothctl.errors import RuntimeFailure, UsageError
+from slothctl.runs import RunPaths, clean_incomplete, free_bytes, nearest_existing
 from slothctl.training.checkpoints import estimate_checkpoint_bytes
 
 
@@ -62,3 +64,36 @@ def check_bitsandbytes(model: ModelConfig, optim: str) -> None:
         other = ', or set [train] optim = "adamw_torch"' if "8bit" in optim and len(needs) == 1 else ""
         raise UsageError(f"{needs[0]} needs bitsandbytes (CUDA), which is not installed",
                          f"pip install 'slothctl[cuda]'{other}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed because the disk is full: ENOSPC, or torch.save's C++ error without an errno."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if isinstance(exc, Exception) and any(text in str(exc) for text in (
+                "No space left on device", "PytorchStreamWriter failed writing", "unexpected pos")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def disk_full(paths: RunPaths, step: int, resume: str) -> RuntimeFailure:
+    """The disk filled up while a checkpoint was written (exit 1): the unfinished folder is removed, the
+    previous checkpoint is kept (rotation comes only after a checkpoint is complete), and the message
+    says how much a checkpoint needs (the previous one's size)."""
+    clean_incomplete(paths)
+    previous = paths.latest_checkpoint()
+    base = nearest_existing(paths.root)
+    free = shutil.disk_usage(base).free
+    need = f"a checkpoint needs about {_size(_folder_bytes(previous))} (the size of {previous.name})" \
+        if previous else "no checkpoint was written"
+    kept = f"{previous} is kept" if previous else "nothing was lost but the steps since the start"
+    return RuntimeFailure(f"no space left on {base} while writing checkpoint-{step}: {need}, {_size(free)} free; "
+                          f"{kept}", f"free some space, then continue with: {resume}")

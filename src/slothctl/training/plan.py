@@ -23,9 +23,9 @@ from pathlib import Path
 
 from slothctl import config as config_mod
 from slothctl.config import Config
-from slothctl.errors import UsageError
-from slothctl.events import Emit, status, warning
-from slothctl.runs import CHECKPOINT_INFO, RunPaths, clean_incomplete, is_complete_checkpoint
+from slothctl.errors import RuntimeFailure, UsageError
+from slothctl.events import Emit, ignore, status, warning
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, checkpoint_problem, clean_incomplete
 from slothctl.training import checkpoints
 
 
@@ -60,11 +60,13 @@ def with_run_name(cfg: Config, name: str) -> Config:
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=name))
 
 
-def find_checkpoint(paths: RunPaths, choice: str | None) -> Path | None:
-    """The checkpoint to resume from: `--from` (a step, checkpoint-N or a folder), else the newest complete one."""
+def find_checkpoint(paths: RunPaths, choice: str | None, cfg: Config | None = None,
+                    emit: Emit = ignore) -> Path | None:
+    """The checkpoint to resume from: `--from` (a step, checkpoint-N or a folder), else the newest one
+    that verifies (its files match its marker). A damaged `--from` checkpoint is exit 1 naming its file,
+    with the command that resumes from the previous good one."""
     if choice is None:
-        found = paths.checkpoints()
-        return found[-1][1] if found else None
+        return newest_good_checkpoint(paths, cfg, emit)
     text = str(choice)
     if text.isdigit():
         candidate = paths.checkpoint(int(text))
@@ -72,12 +74,49 @@ def find_checkpoint(paths: RunPaths, choice: str | None) -> Path | None:
         candidate = Path(text).expanduser().resolve()
     else:
         candidate = paths.root / text
-    if not is_complete_checkpoint(candidate):
+    if not (candidate / CHECKPOINT_INFO).is_file():
         steps = ", ".join(str(step) for step, _ in paths.checkpoints()) or "none"
         problem = "is not a complete checkpoint" if candidate.is_dir() else "does not exist"
         raise UsageError(f"--from {text}: {candidate} {problem} (no {CHECKPOINT_INFO})",
                          f"complete checkpoints of {paths.root}: {steps}")
+    problem = checkpoint_problem(candidate)
+    if problem:
+        older = [(step, path) for step, path in paths.marked_checkpoints() if path.resolve() != candidate.resolve()
+                 and step < checkpoint_step(candidate)]
+        good = next((step for step, path in reversed(older) if checkpoint_problem(path) is None), None)
+        command = resume_command(cfg) if cfg is not None else "slothctl resume"
+        raise RuntimeFailure(problem, f"resume from the previous good checkpoint: {command} --from {good}"
+                             if good is not None else "no earlier checkpoint verifies: start over with "
+                                                      "slothctl train --fresh")
     return candidate
+
+
+def checkpoint_step(folder: Path) -> int:
+    try:
+        return int(checkpoints.read_info(folder)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(folder.name.rsplit("-", 1)[-1]) if folder.name.rsplit("-", 1)[-1].isdigit() else 0
+
+
+def newest_good_checkpoint(paths: RunPaths, cfg: Config | None, emit: Emit) -> Path | None:
+    """The newest checkpoint whose files verify. Damaged newer ones are renamed aside
+    (checkpoint-N.damaged-<time>, kept for a look, never resumed from) with a warning naming the file;
+    when none verifies, exit 1 naming the damaged file."""
+    damaged: list[tuple[Path, str]] = []
+    for _, path in reversed(paths.marked_checkpoints()):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for bad, why in damaged:
+                kept = bad.with_name(f"{bad.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(bad, kept)
+                warning(emit, f"{why}: {bad.name} kept as {kept.name}; resuming from {path.name}, the newest "
+                              "checkpoint that verifies")
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        raise RuntimeFailure(damaged[0][1], "no checkpoint of this run verifies: start over with "
+                                            "slothctl train --fresh")
+    return None
 
 
 def _compare_with_folder_config(cfg: Config, paths: RunPaths) -> None:
@@ -111,7 +150,7 @@ def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool
         raise UsageError(f"run folder {paths.root} is a file", "remove it or set another [output] name")
     for removed in clean_incomplete(paths):
         warning(emit, f"removed {removed.name}: an unfinished write (the process stopped while writing it)")
-    checkpoint = find_checkpoint(paths, from_checkpoint)
+    checkpoint = find_checkpoint(paths, from_checkpoint, cfg, emit)
     if checkpoint is None:
         if require_checkpoint or force_resume:
             raise UsageError(f"run {paths.root} has no complete checkpoint to resume from",
@@ -138,7 +177,8 @@ def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool
 
 def set_aside_newer(plan: RunPlan, emit: Emit) -> None:
     """Resuming from an older checkpoint: newer ones are renamed, so they are neither resumed from
-    nor rotated, and nothing is deleted."""
+    nor rotated, and nothing is deleted. Called once the checkpoint resumed from has loaded
+    (checkpoints.completion), so a checkpoint that fails to load never costs the good newer ones."""
     for step, path in plan.paths.checkpoints():
         if plan.resume_step is not None and step > plan.resume_step:
             target = path.with_name(f"{path.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")

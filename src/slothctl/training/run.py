@@ -27,14 +27,14 @@ from slothctl.backends import Backend, LoadOptions
 from slothctl.config import Config, LoraConfig, ModelConfig, TrainConfig
 from slothctl.data import Prepared, formatted
 from slothctl.data.tokenizer import load_text_tokenizer
-from slothctl.errors import Interrupted
+from slothctl.errors import Interrupted, SlothctlError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.runs import ADAPTER_INFO, RunPaths, append_jsonl, atomic_dir, clean_incomplete, locked, \
     read_metrics, write_json_atomic, write_text_atomic
-from slothctl.training import arguments, callbacks, checkpoints, out_of_memory, private, ranks, trackers
+from slothctl.training import arguments, callbacks, checkpoints, finite, out_of_memory, private, ranks, trackers
 from slothctl.training.batching import Choice
 from slothctl.training.layout import Layout, MemoryPlan, layout_batching, plan_memory, present_gpu
-from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable
+from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable, disk_full, is_disk_full
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
 from slothctl.training.signals import GracefulStop
@@ -136,8 +136,6 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
                                            cfg.train.gradient_accumulation_steps)
         if changed:
             warning(emit, changed)
-        if ranks.is_main():
-            set_aside_newer(plan, emit)
         how = "with --force-resume" if plan.forced else "the config matches"
         status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): {how}")
     elif paths.metrics.is_file():
@@ -239,7 +237,9 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     trainer_ref: list = []
     hooks += [callbacks.run_control(emit, stop, save_on_early_stop=arguments.save_on_early_stop(train_cfg),
                                     agree=ranks.any_rank),
-              checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit),
+              finite.guard(),
+              checkpoints.completion(run, arguments.keep_checkpoints(train_cfg), emit,
+                                     loaded=lambda: set_aside_newer(plan, emit)),
               callbacks.progress(emit, paths, lambda: every_rank(trainer_ref[0].logged),
                                  start={"batching": batching.to_json()}),
               *trackers.callbacks(arguments.tracker(train_cfg), paths, plan.resume_step)]
@@ -294,11 +294,18 @@ def fit(trainer_for, plan: RunPlan, total: int, memory: MemoryPlan, train_cfg: T
         if plan.resume_step is not None and plan.resume_step >= total:
             model = trainer.model
             model.load_adapter(str(plan.checkpoint), model.active_adapter, is_trainable=True)
+            if ranks.is_main():
+                set_aside_newer(plan, emit)  # only now that the checkpoint has loaded
             return trainer, plan.resume_step
         try:
             trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
             return trainer, trainer.state.global_step
         except Exception as exc:  # noqa: BLE001 - only out of memory is handled; the rest goes on up
+            if is_disk_full(exc):
+                raise disk_full(plan.paths, trainer.state.global_step, resume) from exc
+            if plan.checkpoint is not None and not checkpoints.loaded(trainer) and not isinstance(exc, SlothctlError) \
+                    and not out_of_memory.is_out_of_memory(exc):
+                raise checkpoints.unloadable(plan.paths, plan.checkpoint, plan.resume_step, exc, resume) from exc
             if not out_of_memory.is_out_of_memory(exc):
                 raise
         # here the exception, and the activations its traceback held, are gone
@@ -369,6 +376,7 @@ def finish(cfg: Config, plan: RunPlan, backend: str, trainer, tokenizer, data: P
            total: int, started: float, train_seconds: float) -> TrainResult:
     """The adapter, then summary.json: the run's numbers across resumes, timings, versions."""
     paths = plan.paths
+    finite.check_parameters(trainer.model, step, paths.latest_checkpoint())  # never a NaN adapter
     save_adapter(trainer.model, tokenizer, cfg, data, backend, paths)
     losses, evals = _history(paths)
     result = TrainResult(
