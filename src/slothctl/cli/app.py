@@ -32,7 +32,7 @@ COMMANDS = {  # name: ("module:command", summary)
     "train": ("slothctl.cli.train:train", "Train a LoRA adapter: checkpoints, adapter/ and summary.json go to "
                                           "runs/<name>/."),
     "resume": ("slothctl.cli.resume:resume", "Continue an interrupted run from its newest complete checkpoint to "
-                                             "the configured end."),
+                                             "the end it was started for."),
     "chat": ("slothctl.cli.chat:chat", "Chat with the tuned model (the run's adapter on its base model), a merged "
                                        "model or a GGUF file."),
     "merge": ("slothctl.cli.merge:merge", "Merge the LoRA adapter into its base model: safetensors, tokenizer, "

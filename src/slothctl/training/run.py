@@ -74,9 +74,11 @@ class TrainResult:
 
 
 def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume: bool = False,
-          from_checkpoint: str | None = None, resume_only: bool = False) -> TrainResult:
+          from_checkpoint: str | None = None, resume_only: bool = False,
+          given: frozenset[str] | None = None) -> TrainResult:
     """Train a LoRA adapter as the config says, or continue it from a checkpoint; returns where it
-    went and how it went. Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved.
+    went and how it went. `given` (resume): the keys the command set; the rest of [model] [lora]
+    [data] [train] continue as the checkpoint recorded them (plan.recorded_config). Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved.
     Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
     ranks.start()
     emit = emit if ranks.is_main() else ignore
@@ -85,7 +87,7 @@ def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume
     with stop, contextlib.ExitStack() as held:
         try:
             return _train(cfg, emit, stop, held, where, fresh=fresh, force_resume=force_resume,
-                          from_checkpoint=from_checkpoint, resume_only=resume_only)
+                          from_checkpoint=from_checkpoint, resume_only=resume_only, given=given)
         except KeyboardInterrupt:
             if not (stop.requested and stop.forced):
                 raise
@@ -98,7 +100,8 @@ def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume
 
 
 def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitStack, where: dict, *, fresh: bool,
-           force_resume: bool, from_checkpoint: str | None, resume_only: bool) -> TrainResult:
+           force_resume: bool, from_checkpoint: str | None, resume_only: bool,
+           given: frozenset[str] | None = None) -> TrainResult:
     started = time.time()
     locked_root = None
     if not fresh and cfg.run_dir.is_dir() and ranks.is_main():
@@ -106,7 +109,8 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         held.enter_context(locked(cfg.run_dir))  # before cleaning up: the folder may be another process's
         locked_root = cfg.run_dir
     plan = ranks.from_main(lambda: plan_run(cfg, emit, fresh=fresh, force_resume=force_resume,
-                                            from_checkpoint=from_checkpoint, require_checkpoint=resume_only))
+                                            from_checkpoint=from_checkpoint, require_checkpoint=resume_only,
+                                            given=given))
     cfg, paths = plan.cfg, plan.paths
     where.update(root=paths.root, resume=resume_command(cfg))
     if plan.renamed_from:
@@ -139,7 +143,9 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         if ranks.is_main():
             set_aside_newer(plan, emit)
         how = "with --force-resume" if plan.forced else "the config matches"
-        status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): {how}")
+        if plan.announced != total:  # resume announced it in its first line, unless the data decided the end
+            status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): "
+                         f"{how}")
     elif paths.metrics.is_file():
         status(emit, f"No complete checkpoint in {paths.root}: training it again from step 0")
 
