@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
     from click.core import Command
 
-from slothctl import __version__
+from slothctl import __version__, interrupts
 from slothctl.cli import output
 from slothctl.cli.commands import LazyCommands, epilog, new_app
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
@@ -81,11 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     exit code (0/1/2/130); in --json mode also as an error event on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
     output.current = output.Output(output.mode_from_args(args))  # so that usage errors use the mode too
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a rank of torchrun keeps SIGTERM's default (training/ranks.py)
+        interrupts.install()
     code = EXIT_RUNTIME
     try:
         code = command().main(args=args, prog_name="slothctl", standalone_mode=False)
-    except typer.Abort:
-        code = EXIT_INTERRUPTED
+    except typer.Abort as exc:  # click's form of a KeyboardInterrupt (or of an end of input at a prompt)
+        code = _fail(_stopped(), EXIT_INTERRUPTED) if isinstance(exc.__context__, KeyboardInterrupt) \
+            else EXIT_INTERRUPTED
     except click_exceptions.NoArgsIsHelpError as exc:
         echo(exc.ctx.get_help() if exc.ctx else "Usage: slothctl COMMAND --help", err=True)
         code = EXIT_USAGE
@@ -95,13 +98,17 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(" ".join(exc.format_message().replace("Value error, ", "").split()), EXIT_USAGE, hint)
     except SlothctlError as exc:
         code = _fail(" ".join(exc.message.rstrip(".").split()), exc.exit_code, exc.hint)
-    except KeyboardInterrupt:
-        code = _fail("interrupted", EXIT_INTERRUPTED)
+    except interrupts.STOPPED:
+        code = _fail(_stopped(), EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
         code = _unexpected(exc)
     finally:
         output.current.close()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stopped() -> str:
+    return f"stopped by {interrupts.state.forced}" if interrupts.state.forced else "interrupted"
 
 
 def _fail(message: str, exit_code: int, hint: str | None = None) -> int:

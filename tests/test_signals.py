@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM at any moment (issue 14, item 3): exit 130, one `Error:` line, an error event with
+--json, no temporary folder left; and leftovers of a killed process are removed by the next run.
+
+Each signal is sent at a named moment: SLOTHCTL_TEST_HOLD=MOMENT:FILE makes the process write FILE
+there and wait for the signal (interrupts.hold), so nothing races. After the signal the process
+carries on with the phase it is in (model loading, data preparation, merging) and stops at the next
+safe point: the signal must not be lost on the way (it was, in a `__del__`, 4 of 17 times).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import final_error, make_project, run_cli, strict_json
+from slothctl.interrupts import HOLD_ENV
+
+
+class Held:
+    """`slothctl ARGS --json` started with a hold at `moment`; `stop(sig)` signals it there."""
+
+    def __init__(self, tmp_path: Path, moment: str, *args: str, cwd: Path, env: dict | None = None):
+        self.marker = tmp_path / f"held-{moment}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "slothctl", *args, "--json"], cwd=cwd, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, **(env or {}), HOLD_ENV: f"{moment}:{self.marker}"})
+
+    def stop(self, sig: signal.Signals, timeout: float = 300) -> tuple[int, list[dict], str]:
+        deadline = time.time() + timeout
+        while not self.marker.exists():
+            assert self.proc.poll() is None, self.proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "the process never reached the moment"
+            time.sleep(0.05)
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, [strict_json(line) for line in out.splitlines() if line.strip()], err
+
+
+def assert_stopped(code: int, events: list[dict], stderr: str, sig: signal.Signals, doing: str) -> None:
+    assert code == 130, stderr[-3000:]
+    line = final_error(stderr)
+    assert line == f"Error: stopped by {sig.name} {doing}", stderr[-3000:]
+    assert "Exception ignored" not in stderr
+    assert events[-1] == {"event": "error", "message": line.removeprefix("Error: "), "hint": None, "exit_code": 130}
+    assert not [e for e in events if e["event"] in ("step", "done")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_model_loads_stops_the_run(tmp_path, embedded_model, sig):
+    project = make_project(tmp_path / "load", "train.max_steps=2")
+    held = Held(tmp_path, "model_loading", "train", cwd=project)
+    assert_stopped(*held.stop(sig), sig, "while loading the model")
+    assert not list((project / "runs" / "load").glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("command,sig", [(("train",), signal.SIGTERM), (("data", "format"), signal.SIGINT)])
+def test_a_signal_while_the_data_is_prepared_stops_the_command(tmp_path, embedded_model, command, sig):
+    project = make_project(tmp_path / "data", "train.max_steps=2")
+    cache = tmp_path / "cache"  # empty: the data is prepared, not read from the cache
+    held = Held(tmp_path, "data_preparing", *command, cwd=project, env={"SLOTHCTL_DATA_CACHE": str(cache)})
+    assert_stopped(*held.stop(sig), sig, "while preparing the data")
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_merging_leaves_no_temporary_folder(tmp_path, trained_run, sig):
+    target = tmp_path / "out" / "merged"
+    held = Held(tmp_path, "merging", "merge", "--out", str(target), cwd=trained_run)
+    assert_stopped(*held.stop(sig), sig, "while merging (nothing was written)")
+    assert not target.parent.exists() or not list(target.parent.iterdir())  # no .merged.tmp-<pid>-*
+
+
+def test_the_next_run_removes_a_killed_process_s_temporary_folder(tmp_path, trained_run):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has now
+    target = tmp_path / "merged"
+    leftover = tmp_path / f".merged.tmp-{gone.pid}-x1y2"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"\0" * 1024)
+    alive = tmp_path / f".merged.tmp-{os.getpid()}-a1b2"  # a process that still runs: left alone
+    alive.mkdir()
+    result = run_cli("merge", "--precision", "lora", "--no-check", "--out", str(target), cwd=trained_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not leftover.exists() and alive.exists() and (target / "adapter_config.json").is_file()
