@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import make_project, run_cli
+from conftest import assert_usage_error, make_project, run_cli
 from slothctl.runs import RunPaths
 from training_process import TrainingProcess
 
@@ -41,3 +41,6 @@ def test_resume_goes_to_the_recorded_max_steps_unless_told_otherwise(tmp_path, e
     assert first_status(events) == f"Resuming {run_dir} from step 8 to step 10 (checkpoint-8)"
     assert [e["step"] for e in events if e["event"] == "step"] == [9, 10]
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 10
+
+    # A --set on resume is a change like any other: one that is not free to change needs --force-resume.
+    assert_usage_error(run_cli("resume", "--set", "lora.alpha=32", cwd=project), "different config", "lora.alpha")

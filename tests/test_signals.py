@@ -88,3 +88,4 @@ def test_the_next_run_removes_a_killed_process_s_temporary_folder(tmp_path, trai
     result = run_cli("merge", "--precision", "lora", "--no-check", "--out", str(target), cwd=trained_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not leftover.exists() and alive.exists() and (target / "adapter_config.json").is_file()
+

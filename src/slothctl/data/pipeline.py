@@ -285,7 +285,7 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
         with tokenizer_threads(True):
             return _encode_in_process(work)
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, wait
 
     global _WORK
     size = min(CHUNK * 4, math.ceil(n / num_proc))
@@ -294,7 +294,14 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     try:
         context = multiprocessing.get_context("fork")
         with tokenizer_threads(False), ProcessPoolExecutor(num_proc, mp_context=context) as pool:
-            results = list(pool.map(_encode_in_worker, bounds))  # each worker tokenizes on its own core
+            futures = [pool.submit(_encode_in_worker, part) for part in bounds]  # a worker per core
+            try:
+                while wait(futures, timeout=0.2).not_done:
+                    interrupts.check("while preparing the data")  # the workers only record a signal
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # the chunks being tokenized end, no others
+                raise
+            results = [future.result() for future in futures]
         interrupts.check("while preparing the data")
         for result in results:
             if isinstance(result, tuple):
