@@ -89,3 +89,37 @@ def test_the_next_run_removes_a_killed_process_s_temporary_folder(tmp_path, trai
     assert result.returncode == 0, result.stderr[-3000:]
     assert not leftover.exists() and alive.exists() and (target / "adapter_config.json").is_file()
 
+
+def reading_stdin(pid: int) -> bool:
+    """The process's main thread waits in read(0, ...) (Linux x86-64: syscall 0)."""
+    fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    return fields[0] == "0" and int(fields[1], 16) == 0
+
+
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these)
+@pytest.mark.skipif(not Path("/proc/self/syscall").exists() or os.uname().machine != "x86_64",
+                    reason="waits for the prompt through /proc/PID/syscall (Linux x86-64)")
+def test_chat_forgives_ctrl_c_at_its_prompt_and_ends_on_sigterm(trained_run):
+    """As before: Ctrl-C at the prompt is forgiven (Ctrl-D or /exit leaves); SIGTERM ends chat with exit 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "slothctl", "chat", "--json"], cwd=trained_run, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def ask_help() -> dict:
+        proc.stdin.write("/help\n")
+        proc.stdin.flush()
+        return strict_json(proc.stdout.readline())
+
+    assert ask_help()["event"] == "help"  # loaded and answering
+    while not reading_stdin(proc.pid):  # back at the prompt (not still between the answer and the prompt)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    seen = []
+    while not seen or "(Ctrl-D or /exit to leave)" not in seen[-1]:  # forgiven: said on stderr
+        seen.append(proc.stderr.readline())
+        assert seen[-1], (proc.wait(), proc.stdout.read(), "".join(seen))
+    assert ask_help()["event"] == "help"  # still there
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert final_error(err) == "Error: stopped by SIGTERM"
+    assert strict_json(out.splitlines()[-1])["exit_code"] == 130

@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     code = EXIT_RUNTIME
     try:
         code = command().main(args=args, prog_name="slothctl", standalone_mode=False)
-    except typer.Abort as exc:  # click's form of a KeyboardInterrupt (or of an end of input at a prompt)
-        code = _fail(_stopped(), EXIT_INTERRUPTED) if isinstance(exc.__context__, KeyboardInterrupt) \
-            else EXIT_INTERRUPTED
+        if code == EXIT_INTERRUPTED and interrupts.state.forced:  # typer returns 130 for a KeyboardInterrupt
+            code = _fail(_stopped(), EXIT_INTERRUPTED)
+    except typer.Abort:
+        code = EXIT_INTERRUPTED
     except click_exceptions.NoArgsIsHelpError as exc:
         echo(exc.ctx.get_help() if exc.ctx else "Usage: slothctl COMMAND --help", err=True)
         code = EXIT_USAGE
