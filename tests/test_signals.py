@@ -51,7 +51,10 @@ def assert_stopped(code: int, events: list[dict], stderr: str, sig: signal.Signa
     assert not [e for e in events if e["event"] in ("step", "done")]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+SLOW = pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): the other signal of a case in CI
+
+
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=SLOW), signal.SIGTERM])
 def test_a_signal_while_the_model_loads_stops_the_run(tmp_path, embedded_model, sig):
     project = make_project(tmp_path / "load", "train.max_steps=2")
     held = Held(tmp_path, "model_loading", "train", cwd=project)
@@ -59,7 +62,8 @@ def test_a_signal_while_the_model_loads_stops_the_run(tmp_path, embedded_model, 
     assert not list((project / "runs" / "load").glob("checkpoint-*"))
 
 
-@pytest.mark.parametrize("command,sig", [(("train",), signal.SIGTERM), (("data", "format"), signal.SIGINT)])
+@pytest.mark.parametrize("command,sig", [pytest.param(("train",), signal.SIGTERM, marks=SLOW),
+                                         (("data", "format"), signal.SIGINT)])
 def test_a_signal_while_the_data_is_prepared_stops_the_command(tmp_path, embedded_model, command, sig):
     project = make_project(tmp_path / "data", "train.max_steps=2")
     cache = tmp_path / "cache"  # empty: the data is prepared, not read from the cache
@@ -68,7 +72,7 @@ def test_a_signal_while_the_data_is_prepared_stops_the_command(tmp_path, embedde
     assert not cache.exists() or not any(cache.iterdir())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=SLOW)])
 def test_a_signal_while_merging_leaves_no_temporary_folder(tmp_path, trained_run, sig):
     target = tmp_path / "out" / "merged"
     held = Held(tmp_path, "merging", "merge", "--out", str(target), cwd=trained_run)
