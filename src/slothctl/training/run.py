@@ -77,8 +77,9 @@ def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume
           given: frozenset[str] | None = None) -> TrainResult:
     """Train a LoRA adapter as the config says, or continue it from a checkpoint; returns where it
     went and how it went. `given` (resume): the keys the command set; the rest of [model] [lora]
-    [data] [train] continue as the checkpoint recorded them (plan.recorded_config). Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved.
-    Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
+    [data] [train] continue as the checkpoint recorded them (plan.recorded_config). Raises Interrupted
+    (exit 130) after Ctrl-C/SIGTERM: in the loop with a checkpoint saved, elsewhere at the next safe
+    point (interrupts.py). Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
     ranks.start()
     emit = emit if ranks.is_main() else ignore
     where: dict[str, Any] = {"root": cfg.run_dir, "resume": "slothctl resume"}  # filled in once planned
