@@ -19,7 +19,9 @@ Temporary folders are runs.atomic_dir's: removed as the exception passes through
 now) and named with the pid, so the next run removes those of a process that is gone (SIGKILL).
 
 For tests, SLOTHCTL_TEST_HOLD=MOMENT:FILE makes `hold(MOMENT)` write FILE and wait there for a signal
-(60 s at most): a test signals at that moment without racing the process.
+(60 s at most): a test signals at that moment without racing the process. The moments: `model_loading`
+(train, before the backend loads), `data_preparing` (before rows are tokenized), `merging` (inside
+the temporary folder, before the merge), `exporting` (inside export gguf's temporary folder).
 """
 
 from __future__ import annotations
