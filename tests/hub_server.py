@@ -11,7 +11,8 @@ request, so a test can check what arrived, with which flags and which credential
 
 Failures on demand: `hub.fail[route] = status` answers a route (a regular expression matched against
 "METHOD /path") with that status, `hub.drop.add(route)` closes the connection without an answer (a
-transport error). Error answers echo the request's URL (query string included) and its
+transport error); `hub.transient[route] = [503, None]` answers the first matching requests in turn
+(None drops the connection), then normally: failures that huggingface_hub retries. Error answers echo the request's URL (query string included) and its
 Authorization header back in the body and in X-Error-Message, as a careless proxy would, so a
 client that shows server messages as they are would show the token.
 """
@@ -59,6 +60,7 @@ class HubServer:
         self.requests: list[Request] = []
         self.fail: dict[str, int] = {}  # route regex → status to answer with
         self.drop: set[str] = set()  # route regexes whose connection is closed without an answer
+        self.transient: dict[str, list] = {}  # route regex → statuses (None: drop) for its next requests
         self.signature = "sIgNeDuRlSeCrEt42"  # the query string of our pre-signed upload URLs
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -199,12 +201,15 @@ def _handler(server: HubServer) -> type:
             auth = self.headers.get("Authorization")
             with server.lock:
                 server.requests.append(Request(self.command, path, auth, body, self.path, list(self.headers.items())))
-                if server._matches(server.drop, self.command, path):
+                queued = next((answers for route, answers in server.transient.items()
+                               if answers and re.fullmatch(route, f"{self.command} {path}")), None)
+                once = queued.pop(0) if queued else 0
+                if once is None or server._matches(server.drop, self.command, path):
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                injected = next((status for route, status in server.fail.items()
-                                 if re.fullmatch(route, f"{self.command} {path}")), None)
+                injected = once or next((status for route, status in server.fail.items()
+                                         if re.fullmatch(route, f"{self.command} {path}")), None)
                 if injected is not None:  # a careless proxy: echoes the URL and the credentials
                     code, payload = injected, {"error": f"failed {self.command} {self.path} (Authorization: {auth})"}
                 else:

@@ -143,7 +143,7 @@ def test_the_trainer_trains_on_the_cache_file_without_copying_it(tmp_path, embed
     result = run_python(RECORD_TRAINER.format(cache=str(cache_dir), record=str(record)), cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(record.read_text())
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    events = result.json_lines()
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 1
 
     monkeypatch.setenv("SLOTHCTL_DATA_CACHE", str(cache_dir))

@@ -43,7 +43,7 @@ def assert_refused(result, *fragments: str) -> str:
 def inspect_json(path: Path, env: dict, *args: str) -> dict:
     result = run_cli("data", "inspect", str(path), "--model", MODEL, "--json", *args, env=env)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return result.json()
 
 
 # ---- CSV quoting that swallows records ------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_a_quote_closed_records_later_is_reported_and_strict_refuses(tmp_path, e
     data = write_csv(tmp_path / "swallow.csv", rows)
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--json", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["rows"] == 4  # what the CSV says: rows 3-6 became part of row 2
+    assert result.json()["rows"] == 4  # what the CSV says: rows 3-6 became part of row 2
     warning = " ".join(result.stderr.split())  # data commands warn on stderr, wrapped for reading
     assert warning.count("warning:") == 1 and "swallow.csv: line 3: the quoted `output` field" in warning
     assert "lines 4-7 look like records" in warning
@@ -95,7 +95,7 @@ def test_legitimate_multi_line_fields_are_not_suspected(tmp_path, env):
     data.write_text(text, encoding="utf-8")
     result = run_cli("data", "inspect", str(data), "--model", MODEL, "--json", "--strict", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["rows"] == 3 and "warning" not in result.stderr
+    assert result.json()["rows"] == 3 and "warning" not in result.stderr
 
 
 # ---- empty replies are dropped and listed, --strict refuses them ----------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, run_cli, run_python
+from conftest import assert_usage_error, final_error, run_cli, run_python, strict_json
 
 PROMPTS = ["What is the capital of Peru?", "Give me three tips for sleeping well.", "Why are sloths so slow?"]
 
@@ -210,6 +210,111 @@ def test_gguf_f16_matches_transformers_and_q4_stops(proj, merged, gguf):
     assert check["decisions_differing"] == check["differing_at_near_ties"] and check["max_abs_logit_diff"] < 0.25
 
 
+# ---- the checks refuse: a tampered weight, a wrong eos or template; nothing is left behind ---------------
+
+# `slothctl ARGS` in a process where one step of the export is followed by a tampering: `merge` writes
+# the weights, then one of them is moved by 0.01 (thousands of float16 steps, in one weight of 135M:
+# far below the 1e-4 share of differing weights the check tolerated before); `export gguf` converts,
+# then the GGUF's eos id or one byte of its chat template is changed in place (gguf-py, mode r+).
+TAMPERED = """
+import sys
+from pathlib import Path
+from slothctl.export import gguf as gguf_export, merge as merge_export
+what = {what!r}
+copy_tokenizer = merge_export.copy_tokenizer
+def tampered_copy_tokenizer(adapter, out, base=None):
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(out / "model.safetensors"))
+    weights["model.layers.0.self_attn.q_proj.weight"][0, 0] += 0.01
+    save_file(weights, str(out / "model.safetensors"), metadata={{"format": "pt"}})
+    return copy_tokenizer(adapter, out, base)
+convert = gguf_export.convert
+def tampered_convert(tools_state, view, outfile, *args, **kwargs):
+    convert(tools_state, view, outfile, *args, **kwargs)
+    from gguf import GGUFReader
+    reader = GGUFReader(str(outfile), "r+")
+    if what == "eos":
+        field = reader.fields["tokenizer.ggml.eos_token_id"]
+        field.parts[field.data[0]][0] = 0
+    else:
+        field = reader.fields["tokenizer.chat_template"]
+        text = field.parts[field.data[0]]
+        text[list(text).index(ord("<"))] = ord("[")
+    reader.data.flush()
+if what == "weight":
+    merge_export.copy_tokenizer = tampered_copy_tokenizer
+else:
+    gguf_export.convert = tampered_convert
+sys.argv = ["slothctl", *{args!r}]
+from slothctl.cli.app import main
+sys.exit(main())
+"""
+
+
+def run_tampered(what: str, *args: str, cwd: Path):
+    return run_python(TAMPERED.format(what=what, args=list(args)), cwd=cwd)
+
+
+def assert_refused(result, code: int, *fragments: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+    error = final_error(result.stderr)
+    for fragment in fragments:
+        assert fragment in error, (fragment, error)
+    assert strict_json(result.stdout.splitlines()[-1])["event"] == "error"  # --json: the error event too
+    return error
+
+
+def test_the_merged_check_counts_each_weight_off_by_more_than_one_step_of_its_dtype():
+    import torch
+
+    from slothctl.export.check import _beyond_rounding
+
+    truth = torch.tensor([0.1234567, -3.3e-6, 0.0, 1e-9, 300.7, 0.5], dtype=torch.float32)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        rounded = truth.to(dtype)
+        assert _beyond_rounding(rounded, truth) == (0, 0.0), dtype  # rounding to nearest: within half a step
+        assert _beyond_rounding(torch.nextafter(rounded.float(), torch.tensor(9e9)).to(dtype), truth)[0] == 0
+        off = rounded.clone()
+        off[0] += 0.01  # one weight tampered with, among any number of them
+        assert _beyond_rounding(off, truth)[0] == 1, dtype
+        off[1] = float("nan")
+        assert _beyond_rounding(off, truth)[0] == 2 and _beyond_rounding(off, truth)[1] == float("inf")
+
+
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): a real merge and check, ~50 s
+def test_a_merged_weight_off_by_more_than_rounding_is_refused(proj, merged, tmp_path):
+    out = tmp_path / "tampered"
+    result = run_tampered("weight", "merge", "--out", str(out), "--json", cwd=proj)
+    assert_refused(result, 1, "failed its fidelity check", "1 saved weights differ from the exact merge by more "
+                   "than rounding to float16", "model.layers.0.self_attn.q_proj.weight", "nothing was written")
+    assert list(tmp_path.iterdir()) == []  # no merged folder, no temporary one
+
+
+@pytest.mark.slow  # not in CI (./scripts/test -m slow runs these): a real GGUF conversion each
+@pytest.mark.parametrize("what", ["eos", "template"])
+def test_a_gguf_with_a_wrong_eos_or_chat_template_is_refused(proj, merged, tmp_path, what):
+    out = tmp_path / "gguf"
+    result = run_tampered(what, "export", "gguf", "--quant", "f16", "--out", str(out), "--json", cwd=proj)
+    expected = "eos token id is 0, the tokenizer's is 2" if what == "eos" else \
+        "the chat template in the GGUF differs from the one used in training"
+    assert_refused(result, 1, "proj-F16.gguf", expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_merged_folder_changed_since_merge_is_not_exported(proj, merged, tmp_path):
+    """merge records each file's sha256; export gguf converts only the folder it checked (exit 2, nothing written)."""
+    changed = tmp_path / "merged"
+    shutil.copytree(proj / "runs" / "proj" / "merged", changed)
+    info = json.loads((changed / "slothctl_merged.json").read_text())
+    assert set(info["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"}
+    config = json.loads((changed / "config.json").read_text())
+    (changed / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.1}))
+    out = tmp_path / "gguf"
+    result = run_cli("export", "gguf", "--quant", "f16", "--merged", str(changed), "--out", str(out), cwd=proj)
+    assert_usage_error(result, "changed since slothctl merge checked it (config.json)", "merge --force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------------
 
 def test_merge_refuses_existing_output_and_force_replaces_atomically(proj, merged, tmp_path):
@@ -297,7 +402,7 @@ def test_4bit_check_holds_merges_to_the_models_own_4bit_floor(proj, embedded_mod
                                "--adapter", str(adapter), "--base", str(embedded_model), "--precision", "4bit"],
                               check=False, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results[name] = json.loads(proc.stdout.splitlines()[-1])
+        results[name] = strict_json(proc.stdout.splitlines()[-1])
     good, bad = results["merged"], results["dropped"]
     assert 0.3 < good["quantized"]["floor_top1_agreement"] < 0.95  # NF4 costs a 135M model a lot
     assert good["passed"] and good["quantized"]["adapter_carried"], good

@@ -98,7 +98,7 @@ def test_rendering_is_apply_chat_template_and_only_replies_are_trained(name, fam
     result = run_cli("data", "inspect", str(data), "--model", str(model), "--json",
                      env={"SLOTHCTL_DATA_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = result.json()
     assert (report["chat_template"], report["end_of_turn"]) == ("tokenizer", family.end_of_turn)
     assert report["pad_token"] not in (family.eos, family.end_of_turn, None)
     assert report["system_turns"]["turns"] == 2
@@ -181,7 +181,7 @@ def test_train_chat_merge_and_gguf(name, family_models, tmp_path):
 
     chat = run_cli("chat", "--prompt", "Hi", "--temperature", "0", "--max-new-tokens", "8", "--json", cwd=project)
     assert chat.returncode == 0, chat.stderr[-3000:]
-    reply = json.loads(chat.stdout.splitlines()[-1])
+    reply = chat.json_lines()[-1]
     assert (reply["finish_reason"], reply["tokens"], reply["answer"]) == ("stop", 1, "")
 
     export = run_cli("export", "gguf", "--quant", "f16", "--json", cwd=project, env=env)

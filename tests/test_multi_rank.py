@@ -95,6 +95,7 @@ def test_kill_9_of_the_launcher_stops_every_rank_and_resume_on_two_ranks_matches
     run = project / "runs" / "two"
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the launcher's log folder, left behind by kill -9
     process = TrainingProcess("train", "--gpus", "2", cwd=project)
+    process.freeze_on(lambda e: e["event"] == "step" and e["step"] == 3)  # every rank frozen: step 4 never starts
     process.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 2)
     process.wait_for(lambda e: e["event"] == "step" and e["step"] == 3)  # logged after the checkpoint
     family = psutil.Process(process.proc.pid).children(recursive=True)  # torchrun and the two ranks

@@ -255,7 +255,7 @@ def test_failed_push_is_one_line_with_its_exit_code_and_never_the_token(case, js
     for fragment in fragments:
         assert fragment in error, (fragment, error)
     if json_mode:  # the error is also the last JSON line, strict JSON
-        assert json.loads(result.stdout.splitlines()[-1], parse_constant=_reject)["event"] == "error"
+        assert result.json_lines()[-1]["event"] == "error"
     assert any(re.fullmatch(route, f"{r.method} {r.path}") for r in hub.requests for route in (*fail, *drop)), \
         "the failure was never reached"
     assert_token_nowhere(result, hub, project, hf_home)
@@ -263,5 +263,23 @@ def test_failed_push_is_one_line_with_its_exit_code_and_never_the_token(case, js
     assert all(r.authorization is None for r in hub.requests if r.path.startswith("/lfs-store/"))
 
 
-def _reject(constant: str):
-    raise ValueError(f"not JSON: {constant}")
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["human", "json"])
+def test_retried_uploads_log_no_signature(json_mode, small_adapter, hub, hf_home):
+    """huggingface_hub retries a storage upload that failed with 503 or a dropped connection and logs
+    each try with the pre-signed URL: those lines become scrubbed warnings (events under --json)."""
+    hub.transient["PUT /lfs-store/.*"] = [503, None]
+    project = small_adapter.parent
+    result = push(project, hub, hf_home, "me/x", "--path", str(small_adapter), *(["--json"] if json_mode else []))
+    assert result.returncode == 0, result.stderr
+    assert len([r for r in hub.requests if r.path.startswith("/lfs-store/")]) == 3  # failed, dropped, stored
+    if json_mode:
+        assert not result.stderr.strip(), result.stderr
+        retries = [e["message"] for e in result.json_lines() if e["event"] == "warning"]
+        assert result.json_lines()[-1]["event"] == "done"
+    else:
+        retries = [line for line in result.stderr.splitlines() if "lfs-store" in line or "Retry" in line]
+    assert any("lfs-store" in line and "?…" in line for line in retries), result.stdout + result.stderr
+    assert any("Retrying" in line for line in retries), retries
+    assert hub.signature not in result.stdout + result.stderr
+    assert_token_nowhere(result, hub, project, hf_home)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_usage_error, make_project, run_cli
+from conftest import REPO, assert_usage_error, make_project, run_cli, strict_json
 from slothctl import config as config_mod
 from slothctl.remote import plan as remote_plan, worker
 from slothctl.remote.pull import FolderStore, pull
@@ -272,8 +272,9 @@ def retried(tmp_path_factory, volumes):
                                stdout=subprocess.PIPE, text=True, start_new_session=True)
     first = []
     for line in attempt.stdout:
-        first.append(json.loads(line))
+        first.append(strict_json(line))
         if first[-1]["event"] == "checkpoint":  # sent once checkpoint-2 is complete
+            os.killpg(attempt.pid, signal.SIGSTOP)  # frozen at once (worker and training): step 3 never ends
             break
     os.killpg(attempt.pid, signal.SIGKILL)  # the container is gone: worker and training process
     attempt.wait(timeout=60)
@@ -283,7 +284,7 @@ def retried(tmp_path_factory, volumes):
     again = subprocess.run([sys.executable, "-m", "slothctl.remote.worker", str(job_file)], env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    second = [json.loads(line) for line in again.stdout.splitlines() if line.strip()]
+    second = [strict_json(line) for line in again.stdout.splitlines() if line.strip()]
     return {"reference": volumes["runs"] / "ref", "run_dir": run_dir, "first": first, "second": second,
             "job": job, "project": project}
 

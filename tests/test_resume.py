@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_usage_error, error_text, make_project, run_cli
+from conftest import assert_usage_error, error_text, make_project, run_cli, strict_json
 from slothctl.runs import CHECKPOINT_INFO, RunPaths, read_metrics
 from training_process import TrainingProcess
 
@@ -67,6 +67,7 @@ def test_sigkill_right_after_a_checkpoint_then_resume_matches_the_uninterrupted_
     project = make_project(tmp_path / "killed", *RESUME_SETS)
     run_dir = project / "runs" / "killed"
     process = TrainingProcess("train", cwd=project)
+    process.freeze_on(lambda e: e["event"] == "step" and e["step"] == 3)  # frozen there: step 4 never starts
     process.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 2)
     process.wait_for(lambda e: e["event"] == "step" and e["step"] == 3)  # logged after the checkpoint
     process.signal(signal.SIGKILL)
@@ -111,7 +112,7 @@ def test_sigkill_right_after_a_checkpoint_then_resume_matches_the_uninterrupted_
     # metrics.jsonl was only appended to: the killed run's lines stay, a resume line voids step 3 of them.
     text = (run_dir / "metrics.jsonl").read_bytes()
     assert text.startswith(logged_before)
-    appended = [json.loads(line) for line in text[len(logged_before):].splitlines()]
+    appended = [strict_json(line) for line in text[len(logged_before):].splitlines()]
     assert appended[0]["event"] == "resume" and appended[0]["step"] == 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [step for step, _ in summary["losses"]] == [1, 2, 3, 4, 5] and summary["resumed_from"] == 2
@@ -215,8 +216,10 @@ def test_first_sigterm_saves_a_checkpoint_then_train_resumes_and_trains_longer(t
     project = make_project(tmp_path / "term", "train.batch_size=2", "train.max_steps=2", "train.save_steps=5")
     run_dir = project / "runs" / "term"
     process = TrainingProcess("train", cwd=project)
-    process.wait_for(lambda e: e["event"] == "start")  # the loop runs: a signal now ends step 1 cleanly
+    process.freeze_on(lambda e: e["event"] == "start")  # the loop is about to run: a signal now ends step 1 cleanly
+    process.wait_for(lambda e: e["event"] == "start")
     process.signal(signal.SIGTERM)
+    process.thaw()
     assert process.finish() == 130, process.stderr[-3000:]
     stopping, stopped = process.of("stopping"), process.of("stopped")
     assert stopping and stopping[0]["signal"] == "SIGTERM" and stopping[0]["step"] == 1
@@ -241,17 +244,22 @@ def test_first_sigterm_saves_a_checkpoint_then_train_resumes_and_trains_longer(t
 
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, embedded_model):
-    """Four micro-batches per step give the second Ctrl-C a wide window inside the step."""
+    """Each Ctrl-C is sent while the process is frozen on an event (checkpoint-1, then the notice that
+    comes after the first of step 2's four micro-batches), so the second lands inside step 2."""
     project = make_project(tmp_path / "twice", "train.batch_size=1", "train.gradient_accumulation_steps=4",
                            "train.max_steps=3", "train.save_steps=1")
     run_dir = project / "runs" / "twice"
     process = TrainingProcess("train", cwd=project)
+    process.freeze_on(lambda e: e["event"] == "checkpoint" and e["step"] == 1)
     process.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 1)
     before = {p.name: p.read_bytes() for p in (run_dir / "checkpoint-1").iterdir()}
+    process.freeze_on(lambda e: e["event"] == "stopping")
     process.signal(signal.SIGINT)
+    process.thaw()
     notice = process.wait_for(lambda e: e["event"] == "stopping")
     assert notice["signal"] == "SIGINT" and notice["step"] == 2
     process.signal(signal.SIGINT)
+    process.thaw()
     assert process.finish() == 130, process.stderr[-3000:]
     error = error_text(process.stderr)
     assert "stopped at once by a second SIGINT" in error and "checkpoint-1" in error

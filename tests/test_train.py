@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from conftest import run_cli, run_python
+from conftest import run_cli, run_python, strict_json
 
 LOGIT_CHECK = """
 import json, torch
@@ -71,7 +71,7 @@ def test_train_writes_the_run_folder_and_the_adapter_changes_the_model(project, 
     assert summary["versions"]["transformers"] and summary["versions"]["trl"] and summary["versions"]["peft"]
     assert summary["config"]["train"]["max_steps"] == 6
     assert [loss for _, loss in summary["losses"]][-1] < summary["losses"][0][1]
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = [strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert (run / "config.toml").is_file()
 

@@ -1,5 +1,11 @@
 """A `slothctl ... --json` training run in a subprocess whose events can be waited for, so a test can
-send it real signals (SIGKILL, SIGINT, SIGTERM) at a known point of training."""
+send it real signals (SIGKILL, SIGINT, SIGTERM) at a known point of training.
+
+A test synchronises on an event, not on timing: `freeze_on(predicate)` stops the whole process group
+(SIGSTOP: the training process, and the ranks under a launcher) as soon as the reader sees the event's
+line, before the test even gets it; signals sent then are handled where the event was written, once
+`thaw()` continues the group (SIGKILL needs no thawing). A busy machine cannot let the loop run on to
+the next step in between."""
 
 from __future__ import annotations
 
@@ -16,20 +22,43 @@ from conftest import strict_json
 
 
 class TrainingProcess:
-    def __init__(self, *args: str, cwd: Path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "slothctl", *args, "--json"], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    def __init__(self, *args: str, cwd: Path, code: str | None = None):
+        """`slothctl ARGS --json`; with `code`, `python -c CODE ARGS --json` (a test's wrapper of the CLI)."""
+        command = ["-c", code] if code is not None else ["-m", "slothctl"]
+        self.proc = subprocess.Popen([sys.executable, *command, *args, "--json"], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                                     start_new_session=True)  # its own process group: freeze_on stops all of it
         self.events: list[dict] = []
+        self._freeze = None  # predicate on events: SIGSTOP the group when one matches
+        self.frozen = False
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
 
-    @staticmethod
-    def _pump(stream, lines: queue.Queue) -> None:
+    def _pump(self, stream, lines: queue.Queue) -> None:
         for line in stream:
+            if self._freeze is not None and line.strip() and self._freeze(strict_json(line)):
+                self._freeze = None
+                self._group(signal.SIGSTOP)
+                self.frozen = True
             lines.put(line)
         lines.put(None)
+
+    def _group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:  # every process of the group is gone
+            pass
+
+    def freeze_on(self, predicate) -> None:
+        """Stop the process group (SIGSTOP) when an event satisfies `predicate`, as soon as its line is read."""
+        self._freeze = predicate
+
+    def thaw(self) -> None:
+        """Continue the frozen group: signals sent meanwhile are handled now, where it stopped."""
+        self.frozen = False
+        self._group(signal.SIGCONT)
 
     def _pump_err(self) -> None:
         for line in self.proc.stderr:
@@ -63,6 +92,8 @@ class TrainingProcess:
 
     def finish(self, timeout: float = 600) -> int:
         """Wait for the end; collect the remaining events. Returns the exit code."""
+        if self.frozen:  # e.g. ranks left behind by a SIGKILL of their launcher: let them notice it
+            self.thaw()
         rc = self.proc.wait(timeout=timeout)
         while True:
             try:
@@ -84,9 +115,11 @@ class TrainingProcess:
         (every process under slothctl) is gone. Returns the step the run stopped after."""
         import psutil
 
+        self.freeze_on(lambda e: e["event"] == "step" and e["step"] == step)
         self.wait_for(lambda e: e["event"] == "step" and e["step"] == step)
         family = psutil.Process(self.proc.pid).children(recursive=True)
         self.signal(signal.SIGINT)
+        self.thaw()
         assert self.finish() == 130, self.stderr[-4000:]
         assert not psutil.wait_procs(family, timeout=ranks_timeout)[1]
         return self.of("stopped")[-1]["step"]

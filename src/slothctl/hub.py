@@ -10,6 +10,7 @@ huggingface_hub: slothctl never prints, logs or writes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -217,6 +218,35 @@ def _classify(exc: BaseException, repo_id: str) -> SlothctlError:
     return RuntimeFailure(f"upload failed: {type(exc).__name__}: {_first_line(exc)}")
 
 
+@contextlib.contextmanager
+def _hub_logs_as_warnings(emit: Emit):
+    """huggingface_hub's own log lines (its retries: "... thrown while requesting PUT <url>", "Retrying
+    in 1s") as scrubbed warning events while pushing: printed as they are, they would carry a
+    pre-signed upload URL's signature to stderr, and outside --json's stream."""
+    import logging
+
+    class Relay(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - a malformed record: say nothing rather than crash the upload
+                return
+            for line in message.splitlines():
+                if line.strip():
+                    warning(emit, _scrub(line.strip()))
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    logger = hub_logging.get_logger()  # huggingface_hub's root logger, which has its own stderr handler
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers = [Relay(level=logging.WARNING)]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
 def push(p: Plan, emit: Emit = ignore, progress_bars: bool = False) -> dict[str, Any]:
     """Create the repository (and branch) if needed and upload the plan as one commit.
 
@@ -236,21 +266,23 @@ def push(p: Plan, emit: Emit = ignore, progress_bars: bool = False) -> dict[str,
     api = HfApi()
     repo_id = p.repo_id
     try:
-        user = api.whoami()["name"]  # checks the token before anything is created or sent
-        if "/" not in repo_id:
-            repo_id = f"{user}/{repo_id}"
-            p.files["README.md"] = p.files["README.md"].replace(f"<you>/{p.repo_id}".encode(), repo_id.encode())
-        status(emit, f"Creating {'private' if p.private else 'public'} repository {repo_id} (if needed)")
-        url = api.create_repo(repo_id, private=p.private, exist_ok=True, repo_type="model")
-        if p.branch:
-            status(emit, f"Creating branch {p.branch} (if needed)")
-            api.create_branch(repo_id, branch=p.branch, exist_ok=True, repo_type="model")
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=src if isinstance(src, bytes) else str(src))
-                      for name, src in sorted(p.files.items())]
-        status(emit, f"Uploading {len(operations)} files ({human_size(p.total_bytes)}) to {repo_id}"
-                     + (f" on branch {p.branch}" if p.branch else ""))
-        commit = api.create_commit(repo_id, operations, commit_message=f"Upload {p.what} with slothctl",
-                                   revision=p.branch, repo_type="model")
+        with _hub_logs_as_warnings(emit):  # retried requests log their URL: scrubbed, as events
+            user = api.whoami()["name"]  # checks the token before anything is created or sent
+            if "/" not in repo_id:
+                repo_id = f"{user}/{repo_id}"
+                p.files["README.md"] = p.files["README.md"].replace(f"<you>/{p.repo_id}".encode(), repo_id.encode())
+            status(emit, f"Creating {'private' if p.private else 'public'} repository {repo_id} (if needed)")
+            url = api.create_repo(repo_id, private=p.private, exist_ok=True, repo_type="model")
+            if p.branch:
+                status(emit, f"Creating branch {p.branch} (if needed)")
+                api.create_branch(repo_id, branch=p.branch, exist_ok=True, repo_type="model")
+            operations = [CommitOperationAdd(path_in_repo=name,
+                                             path_or_fileobj=src if isinstance(src, bytes) else str(src))
+                          for name, src in sorted(p.files.items())]
+            status(emit, f"Uploading {len(operations)} files ({human_size(p.total_bytes)}) to {repo_id}"
+                         + (f" on branch {p.branch}" if p.branch else ""))
+            commit = api.create_commit(repo_id, operations, commit_message=f"Upload {p.what} with slothctl",
+                                       revision=p.branch, repo_type="model")
     except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:
         raise _hub_error(exc, repo_id) from None
     return {"event": "done", "repo_id": repo_id, "url": str(url), "commit": commit.oid, "commit_url": commit.commit_url,

@@ -3,7 +3,7 @@ one JSON object.
 
 merged: the adapter on its base (float32) is the reference. The saved weights are compared with
 PEFT's exact float32 merge (bit for bit after rounding to the stored dtype: the merge is the right
-one) and the merged folder is loaded the way a user would, with transformers, to compare logits.
+one; a single weight off by more than one step of the stored dtype fails it) and the merged folder is loaded the way a user would, with transformers, to compare logits.
 A 4-bit merge cannot be closer to the reference than 4-bit quantization lets the base model be to
 itself, so it is held to that floor, and it must carry the adapter (differ from the quantized base
 about as much as the adapter changes the base).
@@ -100,6 +100,25 @@ def _distance(a, b) -> float:
     return sum(float((x - y).abs().mean()) for x, y in zip(a, b)) / len(a)
 
 
+def _beyond_rounding(saved, truth) -> tuple[int, float]:
+    """Elements of `saved` further from the exact float32 merge `truth` than one step of the stored
+    dtype at that value, and the largest such error. Rounding to nearest is off by at most half a step;
+    a whole step, and at least 2^-20 of the tensor's largest weight, allow for a merge that summed in
+    another order (another device) and rounded the other way. NaN and infinity count as beyond."""
+    import torch
+
+    finfo = torch.finfo(saved.dtype)
+    truth = truth.float()
+    _, exponent = torch.frexp(truth)  # |truth| in [2^(e-1), 2^e): the stored dtype's step there is eps * 2^(e-1)
+    floor = max(finfo.tiny * finfo.eps, float(truth.abs().max()) * 2.0 ** -20)
+    step = torch.clamp(torch.exp2((exponent - 1).float()) * finfo.eps, min=floor)
+    diff = (saved.float() - truth).abs()
+    beyond = ~(diff <= step)
+    if not bool(beyond.any()):
+        return 0, 0.0
+    return int(beyond.sum()), float(diff[beyond].nan_to_num(nan=math.inf, posinf=math.inf).max())
+
+
 def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> dict:
     if precision == "lora":
         from slothctl.export.merge import ADAPTER_FILES
@@ -128,7 +147,8 @@ def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> 
     exact = model.merge_and_unload().eval()
     exact_state = exact.state_dict()
 
-    weights: dict = {"tensors": 0, "mismatched_elements": 0, "elements": 0, "max_abs_error": 0.0}
+    weights: dict = {"tensors": 0, "mismatched_elements": 0, "elements": 0, "max_abs_error": 0.0,
+                     "beyond_rounding": 0, "worst_beyond_rounding": None}
     error_sq = {key: 0.0 for key in delta_sq}
     stored_dtype = None
     if precision in ("16bit", "32bit"):
@@ -139,6 +159,11 @@ def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> 
             weights["tensors"] += 1
             weights["elements"] += saved.numel()
             weights["mismatched_elements"] += int((rounded != saved).sum())
+            beyond, worst = _beyond_rounding(saved, truth)
+            if beyond:
+                weights["beyond_rounding"] += beyond
+                if weights["worst_beyond_rounding"] is None or worst > weights["worst_beyond_rounding"][1]:
+                    weights["worst_beyond_rounding"] = [key, worst]
             diff = saved.float() - truth.float()
             weights["max_abs_error"] = max(weights["max_abs_error"], float(diff.abs().max()))
             if key in error_sq:
@@ -173,6 +198,10 @@ def check_merged(out: Path, adapter: Path, base: str | None, precision: str) -> 
         weights["mismatched_fraction"] = fraction
         if fraction > 1e-4:
             reasons.append(f"{fraction:.2%} of the saved weights differ from the exact merge")
+        if weights["beyond_rounding"]:
+            key, worst = weights["worst_beyond_rounding"]
+            reasons.append(f"{weights['beyond_rounding']} saved weights differ from the exact merge by more than "
+                           f"rounding to {stored_dtype} (the worst by {worst:.3g}, in {key})")
     if not math.isfinite(max_diff):
         reasons.append("the merged model produces non-finite logits")
     if precision == "32bit" and max_diff > LOGIT_TOLERANCE_32BIT:

@@ -27,8 +27,8 @@ from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
 from slothctl.export import tools
-from slothctl.export.merge import CHECK_FILE, MERGED_INFO, adapter_fingerprint, make_readable, merge, require_disk, \
-    run_check
+from slothctl.export.merge import CHECK_FILE, MERGED_INFO, adapter_fingerprint, changed_files, make_readable, merge, \
+    require_disk, run_check
 from slothctl.runs import RunPaths, atomic_dir, resolve_adapter, write_json_atomic, write_text_atomic
 
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # written by convert_hf_to_gguf.py --outtype
@@ -296,6 +296,10 @@ def _usable_merged(folder: Path, adapter: Path) -> bool:
     if info.get("adapter_sha256") != adapter_fingerprint(adapter):
         raise UsageError(f"{folder} was merged from another adapter than {adapter}",
                          "run slothctl merge --force with the same --adapter/--checkpoint first")
+    changed = changed_files(folder, info.get("files") or {})
+    if changed:
+        raise UsageError(f"{folder} changed since slothctl merge checked it ({', '.join(changed)})",
+                         "run slothctl merge --force to merge and check it again")
     return True
 
 

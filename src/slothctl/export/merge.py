@@ -4,7 +4,7 @@
       model*.safetensors, config.json   written by the backend's `merge` (PEFT or Unsloth)
       tokenizer files, chat_template.jinja   copied from the adapter: the template used in training
       generation_config.json   eos = the tokens that end a reply in that template, pad = the tokenizer's
-      slothctl_merged.json     base, adapter (and its hash), precision, dtype
+      slothctl_merged.json     base, adapter (and its hash), precision, dtype, each file's sha256
       slothctl_check.json      the fidelity check, run in a fresh process before the folder appears
 
 The folder is written under a temporary name and only appears once complete and checked.
@@ -136,6 +136,18 @@ def write_generation_config(out: Path, adapter: Path) -> list[int]:
     return eos_ids
 
 
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of each file of a merged folder, as merge wrote it: `export gguf` converts it only while
+    it is unchanged (a weight edited or a file swapped since would be exported unchecked)."""
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MERGED_INFO}
+
+
+def changed_files(folder: Path, recorded: dict[str, str]) -> list[str]:
+    """The recorded files of `folder` that are gone or differ from their recorded sha256."""
+    return [name for name, digest in recorded.items()
+            if not (folder / name).is_file() or file_sha256(folder / name) != digest]
+
+
 def copy_adapter(adapter: Path, out: Path) -> None:
     for name in ADAPTER_FILES:
         if (adapter / name).is_file():
@@ -209,7 +221,8 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
         write_json_atomic(tmp / MERGED_INFO, {
             "base_model": base_name, "adapter": str(adapter_path.resolve()), "adapter_sha256": fingerprint,
             "precision": precision, "dtype": dtype, "eos_token_ids": eos_ids, "backend": backend_name,
-            "chat_template": adapter_info(adapter_path).get("chat_template"), "slothctl": __version__})
+            "chat_template": adapter_info(adapter_path).get("chat_template"), "slothctl": __version__,
+            "files": folder_hashes(tmp)})
         result = None
         if check:
             args = ["--out", str(tmp), "--adapter", str(adapter_path), "--precision", precision]

@@ -1,6 +1,7 @@
 """What slothctl adds to the trainer's loop, as TrainerCallbacks: progress events and metrics.jsonl
 lines (`progress`), and run control (`run_control`): a clean stop after a signal, a checkpoint where
-early stopping ends the run, intervals from the current config. Trackers are in trackers.py,
+early stopping ends the run, intervals from the current config, and a resumed run's learning rate
+from the schedule it continues on (`continue_schedule`). Trackers are in trackers.py,
 checkpoint completion (and its `checkpoint` event) in checkpoints.py.
 
 transformers is imported inside the factories: importing this module stays cheap.
@@ -69,6 +70,21 @@ def progress(emit: Emit, paths: RunPaths, measure: Callable[[], tuple[float, int
     return Progress()
 
 
+def continue_schedule(scheduler) -> None:
+    """Set the optimizer's learning rate from the schedule the run continues on. A resumed optimizer
+    holds the rate its checkpoint's schedule gave for the next step: trained longer (a larger
+    max_steps), that next step would take the shorter schedule's rate (0 at the end of a cosine)
+    while the steps after it follow the new one. transformers' schedules are closed-form (LambdaLR:
+    base rate x factor(step)), so stepping back once and forward once recomputes it (and the rate it
+    logs) at the restored step; with the same schedule nothing changes."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, where there is one
+    if isinstance(scheduler, LambdaLR) and scheduler.last_epoch > 0:
+        scheduler.last_epoch -= 1
+        scheduler.step()
+
+
 def run_control(emit: Emit, stop: interrupts.State, save_on_early_stop: bool,
                 agree: Callable[[bool], bool] = lambda requested: requested):
     """A TrainerCallback for what slothctl adds to the loop: stop cleanly after a signal, checkpoint
@@ -81,9 +97,11 @@ def run_control(emit: Emit, stop: interrupts.State, save_on_early_stop: bool,
     class RunControl(TrainerCallback):
         noticed = False
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
             state.compute_steps(args, state.max_steps)
             interrupts.check("before training started")  # a signal while the trainer was set up
+            if state.global_step > 0 and lr_scheduler is not None:  # resumed: the rate of the schedule it goes on with
+                continue_schedule(lr_scheduler)
             stop.armed = True
 
         def _notice(self, state) -> None:
