@@ -19,19 +19,19 @@ def test_resume_goes_to_the_recorded_max_steps_unless_told_otherwise(tmp_path, e
     project = make_project(tmp_path / "length", "train.batch_size=2")  # the file: one epoch, no checkpoints
     run_dir = project / "runs" / "length"
     process = TrainingProcess("train", "--max-steps", "8", "--set", "train.save_steps=2", cwd=project)
+    process.freeze_on(lambda e: e["event"] == "checkpoint" and e["step"] == 4)  # step 5 cannot end before the kill
     process.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 4)
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
-    assert 4 in [step for step, _ in RunPaths(run_dir).checkpoints()]
+    assert [step for step, _ in RunPaths(run_dir).checkpoints()][-1] == 4
 
     result = run_cli("resume", "--json", cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     events = result.json_lines()
-    resumed_from = [step for step, _ in RunPaths(run_dir).checkpoints() if step <= 4][-1]
-    assert first_status(events) == f"Resuming {run_dir} from step {resumed_from} to step 8 (checkpoint-{resumed_from})"
+    assert first_status(events) == f"Resuming {run_dir} from step 4 to step 8 (checkpoint-4)"
     kept = " ".join(e["message"] for e in events if e["event"] == "status")
     assert "train.max_steps 8 (the file says 0)" in kept and "train.save_steps 2 (the file says 0)" in kept
-    assert [e["step"] for e in events if e["event"] == "step"][-1] == 8
+    assert [e["step"] for e in events if e["event"] == "step"] == [5, 6, 7, 8]
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 8
     assert [step for step, _ in RunPaths(run_dir).checkpoints()][-1] == 8  # its save_steps = 2 kept too
 
