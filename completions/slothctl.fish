@@ -8,7 +8,7 @@ complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export
 complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a merge -d 'Merge the LoRA adapter into its base model: safetensors, tokenizer, generation config, checked.'
 complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a pull -d 'Download a run folder from the (remote) runs volume, so chat, merge, export and push work on it here.'
 complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a push -d 'Upload the runs adapter (or merged model, or GGUF files) with a model card, private by default.'
-complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a resume -d 'Continue an interrupted run from its newest complete checkpoint to the configured end.'
+complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a resume -d 'Continue an interrupted run from its newest complete checkpoint to the end it was started for.'
 complete -c slothctl -n 'not __fish_seen_subcommand_from chat data doctor export init merge pull push resume train' -a train -d 'Train a LoRA adapter: checkpoints, adapter/ and summary.json go to runs/<name>/.'
 complete -c slothctl -n '__fish_use_subcommand' -l version -d 'Print the version and exit.'
 complete -c slothctl -n '__fish_seen_subcommand_from chat' -l config -s c -r -F -d 'Project file.'

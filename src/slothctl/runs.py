@@ -255,14 +255,45 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_temporaries(target: Path) -> list[Path]:
+    """The temporary siblings of `target` (`.NAME.tmp-PID-*`, `.NAME.old-PID`) of processes that are gone
+    (SIGKILL, a machine that went down): what atomic_dir could not remove. Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)(?:-.*)?$")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for child in target.parent.iterdir():
+        found = pattern.match(child.name)
+        if found and int(found.group(1)) != os.getpid() and not pid_alive(int(found.group(1))):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it becomes `target`, on failure it is removed.
+    """Yield a temporary sibling folder; on success it becomes `target`, on failure (a signal too:
+    interrupts.py) it is removed. Its name holds the pid, so that leftovers of a process that was
+    killed are removed by the next atomic_dir of the same target.
 
     With `replace`, an existing `target` is swapped out only once the new one is complete.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_dead_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
     except BaseException:

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
     from click.core import Command
 
-from slothctl import __version__
+from slothctl import __version__, interrupts
 from slothctl.cli import output
 from slothctl.cli.commands import LazyCommands, epilog, new_app
 from slothctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, SlothctlError
@@ -32,7 +32,7 @@ COMMANDS = {  # name: ("module:command", summary)
     "train": ("slothctl.cli.train:train", "Train a LoRA adapter: checkpoints, adapter/ and summary.json go to "
                                           "runs/<name>/."),
     "resume": ("slothctl.cli.resume:resume", "Continue an interrupted run from its newest complete checkpoint to "
-                                             "the configured end."),
+                                             "the end it was started for."),
     "chat": ("slothctl.cli.chat:chat", "Chat with the tuned model (the run's adapter on its base model), a merged "
                                        "model or a GGUF file."),
     "merge": ("slothctl.cli.merge:merge", "Merge the LoRA adapter into its base model: safetensors, tokenizer, "
@@ -81,9 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     exit code (0/1/2/130); in --json mode also as an error event on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
     output.current = output.Output(output.mode_from_args(args))  # so that usage errors use the mode too
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # a rank of torchrun keeps SIGTERM's default (training/ranks.py)
+        interrupts.install()
     code = EXIT_RUNTIME
     try:
         code = command().main(args=args, prog_name="slothctl", standalone_mode=False)
+        if code == EXIT_INTERRUPTED and interrupts.state.forced:  # typer returns 130 for a KeyboardInterrupt
+            code = _fail(_stopped(), EXIT_INTERRUPTED)
     except typer.Abort:
         code = EXIT_INTERRUPTED
     except click_exceptions.NoArgsIsHelpError as exc:
@@ -95,13 +99,17 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(" ".join(exc.format_message().replace("Value error, ", "").split()), EXIT_USAGE, hint)
     except SlothctlError as exc:
         code = _fail(" ".join(exc.message.rstrip(".").split()), exc.exit_code, exc.hint)
-    except KeyboardInterrupt:
-        code = _fail("interrupted", EXIT_INTERRUPTED)
+    except interrupts.STOPPED:
+        code = _fail(_stopped(), EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
         code = _unexpected(exc)
     finally:
         output.current.close()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stopped() -> str:
+    return f"stopped by {interrupts.state.forced}" if interrupts.state.forced else "interrupted"
 
 
 def _fail(message: str, exit_code: int, hint: str | None = None) -> int:

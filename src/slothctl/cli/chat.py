@@ -57,11 +57,13 @@ def chat(
     cfg = load_config_or_defaults(config, sets, flags, standalone=gguf is not None or model is not None)
     if system is not None:
         cfg.chat.system_prompt = system
-    from slothctl import chat as chat_lib
+    from slothctl import chat as chat_lib, interrupts
 
     prompts = _read_prompts(prompt)
     target = chat_lib.resolve_target(cfg, adapter=adapter, model=model, gguf=gguf, checkpoint=checkpoint)
-    chats = chat_lib.open_chats(cfg, target, compare=compare, emit=out.event)
+    with interrupts.deferred():  # a signal while loading stops after it; answering keeps Ctrl-C as it is
+        chats = chat_lib.open_chats(cfg, target, compare=compare, emit=out.event)
+        interrupts.check("while loading the model")
     if prompts:
         for text in prompts:
             if not _turn(out, chats, text, stream=not json_mode and not compare):

@@ -13,7 +13,7 @@ from slothctl.cli.train import ForceResumeOption, GpusOption, MaxStepsOption, fl
     render_result, run
 
 
-@examples(("slothctl resume", "continue from the newest complete checkpoint"),
+@examples(("slothctl resume", "continue from the newest complete checkpoint to the step the run was started for"),
           ("slothctl resume --from 4", "continue from checkpoint-4 (newer ones are set aside)"),
           ("slothctl resume --max-steps 400", "train on to step 400"))
 def resume(
@@ -30,15 +30,24 @@ def resume(
     json_mode: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Continue an interrupted run from its newest complete checkpoint to the configured end."""
+    """Continue an interrupted run from its newest complete checkpoint to the end it was started for.
+
+    The run goes on with the values it was started with (its length, --set values and flags, as its
+    checkpoint recorded them); --max-steps and --set here change them. How this machine runs it
+    (model.backend, train.gpus, micro_batch, max_vram_fraction, data.num_proc) comes from the project file.
+    """
+    from slothctl.training.plan import given_keys
+
     out = start(json_mode, quiet)
-    cfg = load_config(config, sets, flag_overrides(max_steps, gpus))
+    flags = flag_overrides(max_steps, gpus)
+    cfg = load_config(config, sets, flags)
+    given = given_keys(list(sets or [])) | {key for key, value in flags.values() if value is not None}
     if remote or detach:
         from slothctl.cli.remote import run_remotely
 
         return run_remotely(out, cfg, remote, "resume", detach=detach, sets=sets, max_steps=max_steps,
                             force_resume=force_resume, from_checkpoint=from_checkpoint)
-    flags = ["--force-resume"] * force_resume + (["--from", from_checkpoint] if from_checkpoint else [])
-    result = run(out, cfg, rank_arguments("resume", config, sets, max_steps, gpus, *flags),
-                 force_resume=force_resume, from_checkpoint=from_checkpoint, resume_only=True)
+    options = ["--force-resume"] * force_resume + (["--from", from_checkpoint] if from_checkpoint else [])
+    result = run(out, cfg, rank_arguments("resume", config, sets, max_steps, gpus, *options),
+                 force_resume=force_resume, from_checkpoint=from_checkpoint, resume_only=True, given=given)
     render_result(out, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slothctl import models
+from slothctl import interrupts, models
 from slothctl.config import Config
 from slothctl.data import formats
 from slothctl.data.encode import Segmenter
@@ -36,12 +36,14 @@ def inspect(cfg: Config, *, show: int = 0, strict: bool | None = None, emit: Emi
     return report
 
 
+@interrupts.deferring
 def format_data(cfg: Config, *, out: Path | None = None, strict: bool | None = None, emit: Emit = ignore) -> dict:
     """Format and tokenize into the cache (or find it there); with `out`, also write the rendered texts."""
     from slothctl.data import formatted
 
     tok = project_tokenizer(cfg, emit)
     prepared = formatted(cfg, tok, emit, strict, must_store=True)
+    interrupts.check("while formatting the data")
     report = prepared.report
     result = {
         "cache": prepared.cache["path"], "key": prepared.cache["key"], "hit": prepared.cache["hit"],

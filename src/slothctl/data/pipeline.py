@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from slothctl import interrupts
 from slothctl.config import Config
 from slothctl.data import formats, tables
 from slothctl.data.encode import Encoded, Segmenter, TemplateFailure, Tokenized, tokenize
@@ -247,6 +248,7 @@ def _encode_in_process(work: _Work) -> list[_Chunk]:
     chunks, pending = [], None
     with ThreadPoolExecutor(1) as pool:
         for start in range(0, len(work.rows), CHUNK):
+            interrupts.check("while preparing the data")  # a safe point per chunk (interrupts.py)
             stop = min(len(work.rows), start + CHUNK)
             chunk, batch = _segment_range(work, start, stop)
             work.rows[start:stop] = [None] * (stop - start)
@@ -279,10 +281,11 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     import multiprocessing
 
     n = len(work.rows)
+    interrupts.hold("data_preparing")
     if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
         with tokenizer_threads(True):
             return _encode_in_process(work)
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, wait
 
     global _WORK
     size = min(CHUNK * 4, math.ceil(n / num_proc))
@@ -291,7 +294,15 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
     try:
         context = multiprocessing.get_context("fork")
         with tokenizer_threads(False), ProcessPoolExecutor(num_proc, mp_context=context) as pool:
-            results = list(pool.map(_encode_in_worker, bounds))  # each worker tokenizes on its own core
+            futures = [pool.submit(_encode_in_worker, part) for part in bounds]  # a worker per core
+            try:
+                while wait(futures, timeout=0.2).not_done:
+                    interrupts.check("while preparing the data")  # the workers only record a signal
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # the chunks being tokenized end, no others
+                raise
+            results = [future.result() for future in futures]
+        interrupts.check("while preparing the data")
         for result in results:
             if isinstance(result, tuple):
                 raise DataError(*result)

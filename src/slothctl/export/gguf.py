@@ -16,14 +16,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slothctl import models
+from slothctl import interrupts, models
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
@@ -211,7 +210,8 @@ def convert(tools_state: tools.ToolsState, view: Path, outfile: Path, outtype: s
             space_prefix: str = "keep") -> None:
     cmd = [sys.executable, "-c", CONVERT_CODE, str(tools_state.path / tools.CONVERTER), space_prefix, str(view),
            "--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tools.converter_env(), cwd=str(tools_state.path))
+    proc = interrupts.run(cmd, "while converting to GGUF (nothing was written)", env=tools.converter_env(),
+                          cwd=str(tools_state.path))
     if proc.returncode != 0 or not outfile.is_file():
         reason = _converter_failure(proc.stderr + proc.stdout)
         if "pre-tokenizer was not recognized" in reason or "is not supported" in reason:
@@ -244,8 +244,8 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 
 def quantize(source: Path, target: Path, quant: str) -> None:
     threads = str(max(1, min(8, os.cpu_count() or 1)))
-    proc = subprocess.run([sys.executable, "-c", QUANTIZE_CODE, str(source), str(target), QUANTIZER_TYPES[quant],
-                           threads], capture_output=True, text=True)
+    proc = interrupts.run([sys.executable, "-c", QUANTIZE_CODE, str(source), str(target), QUANTIZER_TYPES[quant],
+                           threads], "while quantizing (nothing was written)")
     if proc.returncode != 0 or not target.is_file():
         raise RuntimeFailure(f"llama.cpp's quantizer failed ({quant}, exit {proc.returncode}): "
                              f"{_converter_failure(proc.stderr)}")
@@ -303,6 +303,7 @@ def _usable_merged(folder: Path, adapter: Path) -> bool:
     return True
 
 
+@interrupts.deferring
 def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path | None = None,
                 checkpoint: int | None = None, merged: Path | None = None, out: Path | None = None,
                 force: bool = False, check: bool = True, emit: Emit = ignore) -> GgufResult:
@@ -338,7 +339,9 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
     files: list[GgufFile] = []
     warnings: list[str] = []
     with atomic_dir(target, replace=force) as tmp:
+        interrupts.hold("exporting")
         view = conversion_view(merged_dir, tmp / ".convert-source", emit)
+        interrupts.check("while exporting (nothing was written)")
         intermediate = None
         for quant in [q for q in CONVERTER_TYPES if q in chosen or (q == "f16" and needs_f16)]:
             path = tmp / (f"{name}-{quant.upper()}.gguf" if quant in chosen else ".intermediate-F16.gguf")
@@ -391,6 +394,7 @@ def export_gguf(cfg: Config, *, quants: list[str] | None = None, adapter: Path |
             "llama_cpp_commit": tools_state.llama_cpp_commit, "files": [f.to_json() for f in files],
             "ollama_template": chat.family if chat else None})
         make_readable(tmp)
+        interrupts.check("while exporting (nothing was written)")
     final = [GgufFile(f.quant, target / f.path.name, f.bytes, f.seconds, f.metadata) for f in files]
     return GgufResult(target, merged_dir, final, target / MODELFILE if modelfile else None,
                       chat.family if chat else None, merge_seconds, time.time() - started, result, warnings)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__, backends, libraries, models
+from slothctl import __version__, backends, interrupts, libraries, models
 from slothctl.backends import LoadOptions
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
@@ -171,7 +170,7 @@ def run_check(kind: str, args: list[str], emit: Emit) -> dict:
     status(emit, f"Checking the {kind} output in a fresh process")
     cmd = [sys.executable, "-m", "slothctl.export.check", kind, *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = interrupts.run(cmd, f"while checking the {kind} output", env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:])
@@ -179,6 +178,7 @@ def run_check(kind: str, args: list[str], emit: Emit) -> dict:
     return json.loads(lines[-1])
 
 
+@interrupts.deferring
 def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = None, out: Path | None = None,
           precision: str | None = None, force: bool = False, check: bool = True,
           emit: Emit = ignore) -> MergeResult:
@@ -204,6 +204,7 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
             require_disk(target, sum(p.stat().st_size for p in adapter_path.iterdir() if p.is_file()), "adapter")
             status(emit, f"Copying the adapter {adapter_path} (no merge)")
             copy_adapter(adapter_path, tmp)
+            interrupts.check("while copying the adapter")
             eos_ids: list[int] = []
         else:
             backend = backends.get(backend_name)
@@ -211,8 +212,10 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
             resolved = models.resolve(base_name, cfg.project_dir, emit)
             params = models.parameter_count(resolved.path, cfg.model.revision, cfg.model.trust_remote_code)
             require_disk(target, int(params * BYTES_PER_PARAM[precision]) if params else None, "merged model")
+            interrupts.hold("merging")
             dtype = backend.merge(cfg.model, resolved.path, str(adapter_path), tmp, precision=precision,
                                   dtype=cfg.export.dtype, options=LoadOptions.of(cfg), emit=emit)
+            interrupts.check("while merging (nothing was written)")
             copy_tokenizer(adapter_path, tmp, resolved.path)
             eos_ids = write_generation_config(tmp, adapter_path)
         write_json_atomic(tmp / MERGED_INFO, {
@@ -234,6 +237,7 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
                 raise RuntimeFailure(f"the merged model failed its fidelity check: {result.get('reason')} "
                                      f"(nothing was written; run with --no-check to keep it anyway)")
         make_readable(tmp)
+        interrupts.check("while merging (nothing was written)")
     return MergeResult(target, precision, dtype, adapter_path, base_name, time.time() - started, result)
 
 

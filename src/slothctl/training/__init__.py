@@ -13,7 +13,6 @@
     checkpoints.py  what a checkpoint holds, how it is completed, when a run may continue from one
     callbacks.py    progress events and metrics.jsonl, run control (signals, early-stopping saves)
     trackers.py     TensorBoard and wandb ([train] report_to)
-    signals.py      Ctrl-C / SIGTERM: the first stops cleanly, the second at once
     private.py      the private transformers/TRL/Unsloth hooks still used, each with its reason
 
 Entry point: `slothctl.training.run.train`. The backend (slothctl/backends) loads the model and adds

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from slothctl import interrupts
 from slothctl.events import Emit, Event
 from slothctl.runs import RunPaths, append_jsonl
-from slothctl.training.signals import GracefulStop
 
 
 def progress(emit: Emit, paths: RunPaths, measure: Callable[[], tuple[float, int]],
@@ -85,7 +85,7 @@ def continue_schedule(scheduler) -> None:
         scheduler.step()
 
 
-def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool,
+def run_control(emit: Emit, stop: interrupts.State, save_on_early_stop: bool,
                 agree: Callable[[bool], bool] = lambda requested: requested):
     """A TrainerCallback for what slothctl adds to the loop: stop cleanly after a signal, checkpoint
     where early stopping ends the run (transformers already saves the last step, so a finished run
@@ -99,6 +99,7 @@ def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool,
 
         def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
             state.compute_steps(args, state.max_steps)
+            interrupts.check("before training started")  # a signal while the trainer was set up
             if state.global_step > 0 and lr_scheduler is not None:  # resumed: the rate of the schedule it goes on with
                 continue_schedule(lr_scheduler)
             stop.armed = True
@@ -112,13 +113,18 @@ def run_control(emit: Emit, stop: GracefulStop, save_on_early_stop: bool,
 
         def on_substep_end(self, args, state, control, **kwargs):
             self._notice(state)
+            if stop.forced:  # a second signal whose exception a __del__ swallowed
+                raise interrupts.STOPPED[0](stop.forced)
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             self._notice(state)
 
         def on_step_end(self, args, state, control, **kwargs):
+            if stop.forced:
+                raise interrupts.STOPPED[0](stop.forced)
             if agree(stop.requested is not None):
                 stop.requested = stop.requested or "SIGINT"  # another rank's
+                stop.handled = True  # this stop is the clean one: no safe point raises for it
                 self._notice(state)
                 control.should_save = True
                 control.should_training_stop = True

@@ -9,6 +9,10 @@ The rules (README, "Resuming"):
 - A larger max_steps trains longer: the run continues from its newest checkpoint and the
   learning-rate schedule is recomputed for the new total. A max_steps below the checkpoint is refused.
 - A run whose summary.json says it finished with this config and length is not trained again.
+- `resume` continues the run as it was started: the checkpoint's recorded [model] [lora] [data]
+  [train] values (length, intervals, every --set the run was started with), except the keys the
+  resume command sets itself (--set, --max-steps) and HERE_KEYS, which describe this machine rather
+  than the run and come from the project file. `train` on a run folder uses the project file.
 """
 
 from __future__ import annotations
@@ -37,10 +41,59 @@ class RunPlan:
     info: dict = field(default_factory=dict)  # its slothctl_checkpoint.json
     forced: list = field(default_factory=list)  # changes accepted with --force-resume
     renamed_from: str | None = None  # --fresh moved the run to a new folder
+    announced: int | None = None  # the end step `resume` announced in its first line
 
     @property
     def resume_step(self) -> int | None:
         return self.info.get("step") if self.checkpoint else None
+
+
+# Keys `resume` takes from the project file as it is now, not from the run's record: how this machine
+# runs the run (engine, GPUs, memory, tokenizing processes), not what is trained.
+HERE_KEYS = frozenset({"model.backend", "train.gpus", "train.micro_batch", "train.max_vram_fraction",
+                       "data.num_proc"})
+
+
+def given_keys(overrides: list[str]) -> frozenset[str]:
+    """`section.key` of each `--set section.key=value` a command was given (already validated)."""
+    return frozenset(".".join(config_mod.parse_override(text)[:2]) for text in overrides)
+
+
+def recorded_config(cfg: Config, checkpoint: Path, info: dict, given: frozenset[str]) -> tuple[Config, list]:
+    """The config `resume` continues with: the checkpoint's recorded values of the sections it records,
+    but for the keys the resume command set (`given`) and HERE_KEYS, which stay as in `cfg`. Also
+    returns (key, recorded, file) for each key where the project file now says otherwise."""
+    recorded, current = info.get("config") or {}, cfg.to_dict()
+    merged = {section: dict(values) for section, values in current.items()}
+    ignored = []
+    for section, values in recorded.items():
+        for name, value in values.items():
+            dotted = f"{section}.{name}"
+            if name not in merged.get(section, {}) or dotted in given or dotted in HERE_KEYS:
+                continue
+            if merged[section][name] != value:
+                ignored.append((dotted, value, merged[section][name]))
+                merged[section][name] = value
+    if not ignored:
+        return cfg, []
+    return config_mod.build(merged, f"{checkpoint / CHECKPOINT_INFO} (the run's config)", source=cfg.source), ignored
+
+
+def _announce_resume(plan: "RunPlan", recorded: dict, ignored: list, emit: Emit) -> None:
+    """`resume`'s first line: from which step to which (the end step is known before the data is read
+    when max_steps is set, or when the run's epochs and batch are those it recorded)."""
+    train, old = plan.cfg.train, recorded.get("train", {})
+    same_length = all(old.get(k) == getattr(train, k) for k in ("epochs", "batch_size", "gradient_accumulation_steps",
+                                                                 "gpus", "packing"))
+    end = train.max_steps or (plan.info.get("max_steps") if same_length else None)
+    plan.announced = end
+    to = f"step {end}" if end else f"the end of epoch {train.epochs:g}"
+    status(emit, f"Resuming {plan.paths.root} from step {plan.resume_step} to {to} "
+                 f"({plan.checkpoint.name})")
+    if ignored:
+        shown = ", ".join(f"{key} {config_mod.toml_value(old)} (the file says {config_mod.toml_value(new)})"
+                          for key, old, new in ignored)
+        status(emit, f"Continuing with the run's own values: {shown}; --set KEY=VALUE on resume changes one")
 
 
 def has_content(folder: Path) -> bool:
@@ -133,8 +186,10 @@ def _compare_with_folder_config(cfg: Config, paths: RunPaths) -> None:
 
 
 def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool = False,
-             from_checkpoint: str | None = None, require_checkpoint: bool = False) -> RunPlan:
-    """Decide where and from which step this run trains (exit 2 on a conflict, before anything loads)."""
+             from_checkpoint: str | None = None, require_checkpoint: bool = False,
+             given: frozenset[str] | None = None) -> RunPlan:
+    """Decide where and from which step this run trains (exit 2 on a conflict, before anything loads).
+    `given` (resume): the keys the command set itself; the others come from the checkpoint's record."""
     paths = RunPaths(cfg.run_dir)
     if fresh:
         if not has_content(paths.root):
@@ -158,6 +213,9 @@ def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool
         _compare_with_folder_config(cfg, paths)
         return RunPlan(cfg, paths)
     info = checkpoints.read_info(checkpoint)
+    ignored: list = []
+    if given is not None:
+        cfg, ignored = recorded_config(cfg, checkpoint, info, given)
     changes = checkpoints.changed_keys(info["config"], cfg)
     if changes and not force_resume:
         raise UsageError(f"{checkpoint.name} of {paths.root} was written with a different config (changed: "
@@ -172,7 +230,10 @@ def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool
         warning(emit, f"--force-resume: continuing from {checkpoint.name} with "
                       f"{checkpoints.describe_changes(changes)}; the rest of the run differs from one "
                       "trained with these values from the start")
-    return RunPlan(cfg, paths, checkpoint, info, forced=changes)
+    plan = RunPlan(cfg, paths, checkpoint, info, forced=changes)
+    if given is not None:
+        _announce_resume(plan, info["config"], ignored, emit)
+    return plan
 
 
 def set_aside_newer(plan: RunPlan, emit: Emit) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slothctl import __version__, backends, config as config_mod, libraries, models
+from slothctl import __version__, backends, config as config_mod, interrupts, libraries, models
 from slothctl.backends import Backend, LoadOptions
 from slothctl.config import Config, LoraConfig, ModelConfig, TrainConfig
 from slothctl.data import Prepared, formatted
@@ -37,7 +37,6 @@ from slothctl.training.layout import Layout, MemoryPlan, layout_batching, plan_m
 from slothctl.training.checks import check_bitsandbytes, check_disk_space, check_writable, disk_full, is_disk_full
 from slothctl.training.plan import RunPlan, check_resume_point, finished_summary, plan_run, resume_command, \
     run_optimizer, set_aside_newer
-from slothctl.training.signals import GracefulStop
 from slothctl.training.trainer import make_trainer
 
 
@@ -74,31 +73,34 @@ class TrainResult:
 
 
 def train(cfg: Config, emit: Emit = ignore, *, fresh: bool = False, force_resume: bool = False,
-          from_checkpoint: str | None = None, resume_only: bool = False) -> TrainResult:
+          from_checkpoint: str | None = None, resume_only: bool = False,
+          given: frozenset[str] | None = None) -> TrainResult:
     """Train a LoRA adapter as the config says, or continue it from a checkpoint; returns where it
-    went and how it went. Raises Interrupted (exit 130) after Ctrl-C/SIGTERM, with a checkpoint saved.
-    Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
+    went and how it went. `given` (resume): the keys the command set; the rest of [model] [lora]
+    [data] [train] continue as the checkpoint recorded them (plan.recorded_config). Raises Interrupted
+    (exit 130) after Ctrl-C/SIGTERM: in the loop with a checkpoint saved, elsewhere at the next safe
+    point (interrupts.py). Under torchrun, every rank calls it (ranks.py); rank 0 alone reports and writes."""
     ranks.start()
     emit = emit if ranks.is_main() else ignore
-    stop = GracefulStop(ranks.stop_signals())
     where: dict[str, Any] = {"root": cfg.run_dir, "resume": "slothctl resume"}  # filled in once planned
-    with stop, contextlib.ExitStack() as held:
+    with interrupts.deferred(ranks.stop_signals()) as stop, contextlib.ExitStack() as held:
         try:
             return _train(cfg, emit, stop, held, where, fresh=fresh, force_resume=force_resume,
-                          from_checkpoint=from_checkpoint, resume_only=resume_only)
-        except KeyboardInterrupt:
-            if not (stop.requested and stop.forced):
-                raise
+                          from_checkpoint=from_checkpoint, resume_only=resume_only, given=given)
+        except interrupts.STOPPED:  # a second signal (or SIGTERM on a rank): at once, wherever it was
             paths = RunPaths(where["root"])
-            clean_incomplete(paths)  # a checkpoint the trainer was writing never got its marker
-            latest = paths.latest_checkpoint()
+            if paths.root.is_dir():
+                clean_incomplete(paths)  # a checkpoint the trainer was writing never got its marker
+            latest = paths.latest_checkpoint() if paths.root.is_dir() else None
             kept = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written"
-            raise Interrupted(f"stopped at once by a second {stop.forced}; {kept}",
+            second = "a second " if stop.requested else ""
+            raise Interrupted(f"stopped at once by {second}{stop.forced or 'a signal'}; {kept}",
                               f"continue with: {where['resume']}" if latest else None) from None
 
 
-def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitStack, where: dict, *, fresh: bool,
-           force_resume: bool, from_checkpoint: str | None, resume_only: bool) -> TrainResult:
+def _train(cfg: Config, emit: Emit, stop: interrupts.State, held: contextlib.ExitStack, where: dict, *, fresh: bool,
+           force_resume: bool, from_checkpoint: str | None, resume_only: bool,
+           given: frozenset[str] | None = None) -> TrainResult:
     started = time.time()
     locked_root = None
     if not fresh and cfg.run_dir.is_dir() and ranks.is_main():
@@ -106,7 +108,8 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         held.enter_context(locked(cfg.run_dir))  # before cleaning up: the folder may be another process's
         locked_root = cfg.run_dir
     plan = ranks.from_main(lambda: plan_run(cfg, emit, fresh=fresh, force_resume=force_resume,
-                                            from_checkpoint=from_checkpoint, require_checkpoint=resume_only))
+                                            from_checkpoint=from_checkpoint, require_checkpoint=resume_only,
+                                            given=given))
     cfg, paths = plan.cfg, plan.paths
     where.update(root=paths.root, resume=resume_command(cfg))
     if plan.renamed_from:
@@ -116,6 +119,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     backend = backends.get(backends.select(cfg.model.backend))  # imports unsloth first when it is the backend
     libraries.quiet()
     resolved = ranks.main_first(lambda: models.resolve(cfg.model.name, cfg.project_dir, emit))
+    interrupts.check("while finding the model")
     models.check_remote_code(resolved.path, cfg.model.trust_remote_code, cfg.model.revision)
     optim = arguments.optimizer_name(cfg.train)
     check_bitsandbytes(cfg.model, optim)
@@ -123,6 +127,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         check_disk_space(cfg.lora, cfg.model, paths.root, resolved.path, optim)
 
     data = ranks.main_first(lambda: setup_data(cfg, resolved.path, emit))
+    interrupts.check("while preparing the data")
     total = arguments.planned_steps(cfg.train, data.train_lengths, cfg.model.max_seq_length, ranks.world_size())
     run = checkpoints.run_record(cfg, data.train_hash, data.train_rows)
     run["optim"] = run_optimizer(plan, cfg.train.optim, optim)
@@ -137,7 +142,9 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
         if changed:
             warning(emit, changed)
         how = "with --force-resume" if plan.forced else "the config matches"
-        status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): {how}")
+        if plan.announced != total:  # resume announced it in its first line, unless the data decided the end
+            status(emit, f"Resuming {paths.root} from {plan.checkpoint.name} (step {plan.resume_step} of {total}): "
+                         f"{how}")
     elif paths.metrics.is_file():
         status(emit, f"No complete checkpoint in {paths.root}: training it again from step 0")
 
@@ -154,6 +161,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     model, tokenizer = setup_model(cfg.model, backend, resolved.path, LoadOptions.of(laid_out), emit)
     model = setup_lora(cfg.lora, backend, model, max_seq_length=cfg.model.max_seq_length,
                        **arguments.lora_options(laid_out.train))
+    interrupts.check("while adding the LoRA layers")
 
     def trainer_for(layout: Layout, resume_plan: RunPlan):
         return setup_trainer(layout.applied(cfg.train), cfg.model, backend, model, tokenizer, data, plan=resume_plan,
@@ -173,7 +181,7 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     if not ranks.is_main():  # rank 0 saves, reports and raises; a rank that stopped with it ends quietly
         return TrainResult(run_dir=paths.root, adapter=paths.adapter, steps=step, first_loss=None, final_loss=None,
                            eval_loss=None, tokens_per_s=0.0, seconds=time.time() - started)
-    if stop.requested and step < total:
+    if stop.handled and step < total:
         latest, command = paths.latest_checkpoint(), where["resume"]
         emit(Event("stopped", {"signal": stop.requested, "step": step, "checkpoint": str(latest),
                                "resume": command},
@@ -183,8 +191,12 @@ def _train(cfg: Config, emit: Emit, stop: GracefulStop, held: contextlib.ExitSta
     if step < total:
         status(emit, f"Early stopping at step {step}: eval loss did not improve for "
                      f"{arguments.early_stopping(cfg.train, data.eval_rows > 0)} evaluations")
-    return finish(cfg, plan, backend.name, trainer, tokenizer, data, run, step=step, total=total,
-                  started=started, train_seconds=train_seconds)
+    interrupts.check(f"after step {step}, before the final adapter was saved",
+                     f"continue with: {where['resume']}")
+    result = finish(cfg, plan, backend.name, trainer, tokenizer, data, run, step=step, total=total,
+                    started=started, train_seconds=train_seconds)
+    interrupts.check(f"after the run finished (the adapter is saved in {paths.adapter})")
+    return result
 
 
 # ---- setup, one config section each --------------------------------------------------------------------------------
@@ -203,8 +215,12 @@ def setup_data(cfg: Config, model_path: str, emit: Emit) -> Prepared:
 
 
 def setup_model(model_cfg: ModelConfig, backend: Backend, model_path: str, options: LoadOptions, emit: Emit):
-    """[model]: the base model and its tokenizer, loaded by the backend."""
-    return backend.load(model_cfg, model_path, options, emit)
+    """[model]: the base model and its tokenizer, loaded by the backend. A signal meanwhile is only
+    recorded (interrupts.py): loading may not be cut anywhere, the check after it stops."""
+    interrupts.hold("model_loading")
+    loaded = backend.load(model_cfg, model_path, options, emit)
+    interrupts.check("while loading the model")
+    return loaded
 
 
 def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, gradient_checkpointing: bool,
@@ -215,7 +231,7 @@ def setup_lora(lora_cfg: LoraConfig, backend: Backend, model, *, seed: int, grad
 
 
 def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backend, model, tokenizer,
-                  data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: GracefulStop,
+                  data: Prepared, *, plan: RunPlan, run: dict, total: int, emit: Emit, stop: interrupts.State,
                   batching: Choice | None = None):
     """[train]: the SFTTrainer (arguments.py maps the section) with our callbacks, in this order: early
     stopping decides before run control asks for a save; checkpoint completion sees that request
