@@ -11,7 +11,7 @@
     cache.py          the formatted-data cache that `data format` writes and `train` reads
     examples.py       examples rendered token by token, for `data inspect --show`
 
-`formatted` is the one entry point of `train` and `data format`: the cached dataset when the
+`formatted` is the one entry point of `train`, `data inspect` and `data format`: the cached dataset when the
 cache has it, else `prepare` and store; either way the rows are then memory-mapped from the cache.
 """
 
@@ -74,7 +74,7 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
         give_back_freed_memory()
         return prepared
     stored = cache.load(path)  # the rows come from the file from now on
-    stored.fingerprint = prepared.fingerprint
+    stored.fingerprint, stored.origins = prepared.fingerprint, prepared.origins
     stored.cache = {"key": key, "path": str(path), "hit": False}
     del prepared
     give_back_freed_memory()

@@ -92,6 +92,14 @@ class Prepared:
             self.mapped = tables.to_table(self.arrays)
         return self.mapped
 
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kept row i's token ids and trained flags, without copying the other rows out of the cache."""
+        if self.arrays is not None:
+            start, end = self.arrays.offsets[i], self.arrays.offsets[i + 1]
+            return self.arrays.ids[start:end], self.arrays.trained[start:end]
+        one = tables.to_tokenized(self.mapped.slice(i, 1), self.full_lengths[i:i + 1])
+        return one.ids, one.trained
+
     @cached_property
     def lengths(self) -> np.ndarray:
         """Tokens per kept row (after truncation), from offsets only."""

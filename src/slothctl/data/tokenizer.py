@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from slothctl.errors import UsageError
@@ -56,6 +57,13 @@ class TextTokenizer:
         """Whether `token` is one token of the vocabulary (so the template's text maps onto it)."""
         token_id = self.token_to_id(token)
         return token_id is not None and self.encode(token) == [token_id]
+
+    @cached_property
+    def byte_lengths(self):
+        """(bytes per token id, normaliser kind) for byte-level BPE tokenizers, else None (byte_offsets.py)."""
+        from slothctl.data.byte_offsets import lengths_table
+
+        return lengths_table(self.backend)
 
     @property
     def eos_id(self) -> int | None:
