@@ -56,6 +56,10 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     key = _key(cfg, tok, fingerprint_source(cfg.data.source, cfg.project_dir, cfg.data.subset, cfg.data.split))
     found = cache.read(key)
     if found is not None:
+        for suspect in found.suspects:  # as load_rows does when it reads the source
+            if strict:
+                raise suspect
+            warning(emit, suspect.one_line())
         if strict and (found.invalid or found.no_trained_tokens):
             raise strict_error(sorted(found.invalid + found.no_trained_tokens, key=lambda p: p.row))
         found.cache = {"key": key, "path": str(cache.cache_dir() / key), "hit": True}
