@@ -10,7 +10,8 @@ of bench/data_inspect.py, seeded): about 490 tokens a row, median ~430, 49 M tok
 with the embedded model's chat template. The model is the embedded SmolLM2-135M (CPU, defaults).
 
 Measured, interleaved by size, each in a fresh process:
-  inspect     `slothctl data inspect FILE --json`: wall time and peak RSS
+  inspect     `slothctl data inspect FILE --json`: wall time and peak RSS (it fills a data cache of its
+              own: `data inspect` stores the tokenized rows where `train` finds them)
   train miss  `slothctl train --max-steps 1 --json` with an empty data cache
   train hit   the same again in a new run folder: the data cache has the entry
 For train, seconds from launch to: the formatted data (the cache event), the start of training (the
@@ -82,6 +83,7 @@ def run_timed(command: list[str], cwd: Path, env: dict, stop_at_start: bool = Fa
     """Run a command; the arrival time of each stdout line (seconds since start), peak RSS (also as it
     was when training started), CPU seconds. With `stop_at_start` the child is killed once training
     starts."""
+    load = round(os.getloadavg()[0], 2)  # other processes on the machine: wall times mean little when high
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, rss_at_start = [], None
@@ -104,12 +106,15 @@ def run_timed(command: list[str], cwd: Path, env: dict, stop_at_start: bool = Fa
             events.append((at, json.loads(line)))
     return {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),
             "peak_rss_before_training_gb": rss_at_start, "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "load_average_before": load,
             "events": events}
 
 
 def inspect(path: Path, work: Path) -> dict:
     command = [sys.executable, "-m", "slothctl", "data", "inspect", str(path), "--model", MODEL, "--json"]
-    result = run_timed(command, work, child_env(work / "unused-cache"))
+    # inspect stores what it tokenized in the data cache (a train after it is a hit): its own cache
+    # here, so that the train runs below still start with a miss
+    result = run_timed(command, work, child_env(work / f"inspect-cache-{path.stem}"))
     result.pop("peak_rss_before_training_gb")
     report = result.pop("events")[-1][1]
     return {**result, "rows": report["rows"], "tokens": report["tokens"]["total"],

@@ -91,8 +91,13 @@ def test_inspect_json_gives_the_right_numbers(tmp_path, embedded_model, env):
     assert report["turns"] == {"min": 1, "mean": 2.33, "max": 5}
     assert (report["train_rows"], report["eval_rows"]) == (4, 1)
     assert report["chat_template"] == "chatml" and report["end_of_turn"] == "<|im_end|>"
-    assert report["pad_token"] == "<|endoftext|>" and report["cache"]["formatted"] is False
-    assert not (tmp_path / "cache").exists()  # inspect writes nothing
+    assert report["pad_token"] == "<|endoftext|>" and report["cache"]["formatted"] is True
+    assert report["cache"]["hit"] is False
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [report["cache"]["key"]]  # train's cache
+    again = run_cli("data", "format", str(data), "--model", MODEL, "--json", "--set", "model.max_seq_length=40",
+                    "--set", "data.chat_template=chatml", "--set", "data.eval_fraction=0.25", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.json_lines()[-1]["hit"] is True and again.json_lines()[-1]["key"] == report["cache"]["key"]
 
 
 def test_inspect_show_highlights_trained_tokens(tmp_path, env):
@@ -107,7 +112,8 @@ def test_inspect_show_highlights_trained_tokens(tmp_path, env):
     human = run_cli("data", "inspect", str(data), "--model", MODEL, "--show", "1", env=env)
     assert human.returncode == 0, human.stderr
     assert "detected sharegpt" in human.stdout and "<|im_start|>assistant" in human.stdout
-    assert "row 1 (d.jsonl:1, train): " in human.stdout and "trained" in human.stdout
+    assert "row 1 (d.jsonl:1, train): " in human.stdout and "trained" in human.stdout  # a cache hit: origins read
+    assert "cache hit: train will use it" in human.stdout
 
 
 def test_inspect_uses_the_project_and_imports_nothing_heavy(project, tmp_path):

@@ -84,8 +84,10 @@ def test_a_quote_closed_records_later_is_reported_and_strict_refuses(tmp_path, e
     warning = " ".join(result.stderr.split())  # data commands warn on stderr, wrapped for reading
     assert warning.count("warning:") == 1 and "swallow.csv: line 3: the quoted `output` field" in warning
     assert "lines 4-7 look like records" in warning
+    again = run_cli("data", "inspect", str(data), "--model", MODEL, "--json", env=env)  # a cache hit warns too
+    assert json.loads(again.stdout)["cache"]["hit"] is True and "look like records" in " ".join(again.stderr.split())
     assert_usage_error(run_cli("data", "inspect", str(data), "--model", MODEL, "--strict", env=env),
-                       "swallow.csv: line 3", "look like records")
+                       "swallow.csv: line 3", "look like records")  # and --strict refuses on a hit too
 
 
 def test_legitimate_multi_line_fields_are_not_suspected(tmp_path, env):

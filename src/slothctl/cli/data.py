@@ -61,7 +61,10 @@ def inspect(
     json_mode: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Report what the model will be trained on: format, roles, token lengths, truncation, mask, problems."""
+    """Report what the model will be trained on: format, roles, token lengths, truncation, mask, problems.
+
+    The tokenized rows are stored in the data cache that train reads (as data format does), so a
+    train after inspect starts on a cache hit."""
     out = start(json_mode, quiet, aside_events=True)
     cfg = data_config(config, sets, source, model)
     from slothctl.data.commands import inspect as inspect_data

@@ -70,8 +70,8 @@ def _summary(r: dict) -> Table:
         split += f" (eval_fraction {r['eval_fraction']}, seed {r['seed']})"
     grid.add_row("split", split)
     if "cache" in r:
-        grid.add_row("cache", "formatted: train will use the cache" if r["cache"]["formatted"]
-                     else "not formatted yet (slothctl data format, or train does it)")
+        grid.add_row("cache", ("cache hit: " if r["cache"].get("hit") else "stored: ") + "train will use it"
+                     if r["cache"]["formatted"] else "could not be stored (train formats the data again)")
     return grid.table
 
 

@@ -11,7 +11,7 @@
     cache.py          the formatted-data cache that `data format` writes and `train` reads
     examples.py       examples rendered token by token, for `data inspect --show`
 
-`formatted` is the one entry point of `train` and `data format`: the cached dataset when the
+`formatted` is the one entry point of `train`, `data inspect` and `data format`: the cached dataset when the
 cache has it, else `prepare` and store; either way the rows are then memory-mapped from the cache.
 """
 
@@ -56,6 +56,10 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     key = _key(cfg, tok, fingerprint_source(cfg.data.source, cfg.project_dir, cfg.data.subset, cfg.data.split))
     found = cache.read(key)
     if found is not None:
+        for suspect in found.suspects:  # as load_rows does when it reads the source
+            if strict:
+                raise suspect
+            warning(emit, suspect.one_line())
         if strict and (found.invalid or found.no_trained_tokens):
             raise strict_error(sorted(found.invalid + found.no_trained_tokens, key=lambda p: p.row))
         found.cache = {"key": key, "path": str(cache.cache_dir() / key), "hit": True}
@@ -74,7 +78,7 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
         give_back_freed_memory()
         return prepared
     stored = cache.load(path)  # the rows come from the file from now on
-    stored.fingerprint = prepared.fingerprint
+    stored.fingerprint, stored.origins = prepared.fingerprint, prepared.origins
     stored.cache = {"key": key, "path": str(path), "hit": False}
     del prepared
     give_back_freed_memory()

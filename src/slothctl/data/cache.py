@@ -31,10 +31,12 @@ from slothctl.data.pipeline import Prepared
 from slothctl.data.report import Problem
 from slothctl.data.templates import ChatTemplate
 from slothctl.data.tokenizer import TextTokenizer
+from slothctl.errors import DataError
 from slothctl.runs import atomic_dir, file_sha256, write_json_atomic
 
-PIPELINE_VERSION = "4"  # bump when the same inputs would give other tokens or another layout (2: empty replies
-# are dropped; 3: the rows in one Arrow file; 4: rows tokenized whole, replies trained through their end of turn)
+PIPELINE_VERSION = "5"  # bump when the same inputs would give other tokens or another layout (2: empty replies
+# are dropped; 3: the rows in one Arrow file; 4: rows tokenized whole, replies trained through their end of turn;
+# 5: the source's warnings are stored, so a hit warns, or refuses under strict, as reading the source did)
 TOKENS = "tokens.arrow"
 ARRAYS = ("full_lengths", "row_numbers", "is_eval")
 
@@ -78,7 +80,8 @@ def write(prepared: Prepared, key: str) -> Path:
             "template": [template.name, template.source, template.end_of_turn] if template else None,
             "invalid": [p.to_json() for p in prepared.invalid],
             "no_trained_tokens": [p.to_json() for p in prepared.no_trained_tokens],
-            "train_hash": prepared.train_hash})
+            "train_hash": prepared.train_hash,
+            "suspects": [{"message": e.message, "hint": e.hint} for e in prepared.suspects]})
         files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         write_json_atomic(tmp / "manifest.json", {"key": key, "version": PIPELINE_VERSION, "files": files})
     return target
@@ -117,4 +120,5 @@ def load(entry: Path) -> Prepared:
                     rows=meta["rows"], row_numbers=arrays["row_numbers"], is_eval=arrays["is_eval"],
                     full_lengths=arrays["full_lengths"], invalid=[Problem(**p) for p in meta["invalid"]],
                     no_trained_tokens=[Problem(**p) for p in meta["no_trained_tokens"]], report=meta["report"],
-                    mapped=table, mapped_file=str(entry / TOKENS), stored_train_hash=meta["train_hash"])
+                    mapped=table, mapped_file=str(entry / TOKENS), stored_train_hash=meta["train_hash"],
+                    suspects=[DataError(s["message"], s["hint"]) for s in meta["suspects"]])

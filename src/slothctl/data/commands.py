@@ -22,16 +22,20 @@ def project_tokenizer(cfg: Config, emit: Emit = ignore) -> TextTokenizer:
 
 
 def inspect(cfg: Config, *, show: int = 0, strict: bool | None = None, emit: Emit = ignore) -> dict:
-    """The report on the configured dataset (see report.py), plus `show` examples token by token."""
-    from slothctl.data import _key, cache
+    """The report on the configured dataset (see report.py), plus `show` examples token by token.
+    The formatted rows go into the data cache that `train` reads (or come from it): inspecting
+    100k rows costs the tokenizing once, and the `train` after it is a cache hit."""
+    from slothctl.data import formatted
     from slothctl.data.examples import examples
 
     tok = project_tokenizer(cfg, emit)
-    prepared = prepare(cfg, tok, emit, strict)
+    prepared = formatted(cfg, tok, emit, strict)
     report = {"model": cfg.model.name, **prepared.report}
-    key = _key(cfg, tok, prepared.fingerprint)
-    report["cache"] = {"key": key, "formatted": (cache.cache_dir() / key / "manifest.json").is_file()}
+    report["cache"] = {"key": prepared.cache["key"], "formatted": prepared.cache["path"] is not None,
+                       "hit": prepared.cache["hit"]}
     if show:
+        if not prepared.origins:  # a cache hit: the origins are not stored
+            prepared.origins = load_rows(cfg).origin
         report["examples"] = examples(prepared, tok, show)
     return report
 

@@ -24,6 +24,7 @@ from itertools import chain
 
 import numpy as np
 
+from slothctl.data.byte_offsets import char_to_byte, utf8_length
 from slothctl.data.chat_template import content_use, fold_system, lacks_system_role, render
 from slothctl.data.formats import RowError
 from slothctl.data.tokenizer import TextTokenizer
@@ -281,25 +282,71 @@ def tokenize(batch: list[Segments], tok: TextTokenizer, max_length: int) -> Toke
 
     Each row's text is tokenized whole, as `apply_chat_template` does (tokenizing segments apart
     differs wherever a tokenizer adds a prefix space or merges across the cut: SentencePiece
-    families), and a token is trained when it starts inside a trained segment."""
+    families), and a token is trained when it starts inside a trained segment. Where tokens start
+    comes from their byte lengths for byte-level BPE tokenizers (byte_offsets.py), else from the
+    tokenizer's offsets."""
     if not batch:
         return Tokenized.concat([])
     texts = ["".join(text for text, _ in segments) for segments in batch]
+    if tok.byte_lengths is None:
+        return _tokenize_by_chars(batch, texts, tok, max_length)
+    table, normalizer = tok.byte_lengths
+    encoded = tok.encode_batch(texts)
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    ids = np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
+    del encoded
+    widths = table[ids]
+    row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    ends = np.cumsum(widths)
+    starts = ends - widths  # on one byte axis for all rows, valid while every row before is spelled exactly
+    text_bytes = np.fromiter(map(utf8_length, texts), dtype=np.int64, count=len(texts))
+    byte_base = np.concatenate([[0], np.cumsum(text_bytes)[:-1]]).astype(np.int64)
+    spelled = np.zeros(len(texts), dtype=np.int64)  # bytes the tokens of each row stand for
+    unknown = np.zeros(len(texts), dtype=bool)
+    filled = lengths > 0
+    if filled.any():
+        spelled[filled] = np.add.reduceat(widths, row_starts[filled])
+        unknown[filled] = np.minimum.reduceat(widths, row_starts[filled]) < 0
+    starts_base = np.concatenate([[0], np.cumsum(spelled)[:-1]])
+    position = starts + np.repeat(byte_base - starts_base, lengths)
+    bad = unknown | (spelled != text_bytes)
+    if normalizer == "nfc":
+        import unicodedata
+
+        bad |= np.fromiter((not (t.isascii() or unicodedata.is_normalized("NFC", t)) for t in texts), dtype=bool,
+                           count=len(texts))
+    for row in np.flatnonzero(bad).tolist():  # this row's starts from the tokenizer's offsets
+        (row_ids, char_starts), = tok.encode_batch_with_starts([texts[row]])
+        low, count = int(row_starts[row]), int(lengths[row])
+        if len(row_ids) != count:
+            raise RuntimeError("the tokenizer gave two tokenizations of one text")
+        position[low:low + count] = char_to_byte(texts[row])[char_starts] + byte_base[row]
+    units = [[(utf8_length(text), trained) for text, trained in segments] for segments in batch]
+    return _masked(ids, position, lengths, units, max_length)
+
+
+def _tokenize_by_chars(batch: list[Segments], texts: list[str], tok: TextTokenizer, max_length: int) -> Tokenized:
+    """Token starts from the tokenizer's offsets (characters)."""
     encoded = tok.encode_batch_with_starts(texts)
     lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
     ids = np.fromiter(chain.from_iterable(ids for ids, _ in encoded), dtype=np.int32, count=int(lengths.sum()))
     starts = np.fromiter(chain.from_iterable(s for _, s in encoded), dtype=np.int64, count=len(ids))
-    # Trained character ranges, on one axis for all rows: row r's characters start at char_base[r].
     char_base = np.concatenate([[0], np.cumsum([len(t) for t in texts])[:-1]]).astype(np.int64)
+    units = [[(len(text), trained) for text, trained in segments] for segments in batch]
+    return _masked(ids, starts + np.repeat(char_base, lengths), lengths, units, max_length)
+
+
+def _masked(ids: np.ndarray, position: np.ndarray, lengths: np.ndarray, units: list[list[tuple[int, bool]]],
+            max_length: int) -> Tokenized:
+    """The mask (a token is trained when `position`, its start on one axis for all rows, falls in a
+    trained segment; `units` holds each segment's length on that axis) and the truncation."""
     range_starts, range_ends, offset = [], [], 0
-    for row, segments in enumerate(batch):
-        offset = int(char_base[row])
-        for text, trained in segments:
-            if trained and text:
+    for segments in units:
+        for size, trained in segments:
+            if trained and size:
                 range_starts.append(offset)
-                range_ends.append(offset + len(text))
-            offset += len(text)
-    position = starts + np.repeat(char_base, lengths)
+                range_ends.append(offset + size)
+            offset += size
     trained = np.zeros(len(ids), dtype=bool)
     if range_starts:
         range_starts_a, range_ends_a = np.asarray(range_starts), np.asarray(range_ends)

@@ -29,18 +29,17 @@ def spans(tok: TextTokenizer, ids: list[int], trained: list[bool]) -> list[dict]
 
 def examples(prepared: Prepared, tok: TextTokenizer, count: int) -> list[dict]:
     """The first `count` kept rows (in source order), token spans included."""
-    tokens = prepared.tokens
     shown = []
     for i in prepared.source_order()[:count].tolist():
-        start, end = tokens.offsets[i], tokens.offsets[i + 1]
+        ids, trained = prepared.row(i)
         row = int(prepared.row_numbers[i])
         shown.append({
             "row": row,
             "origin": prepared.origins[row - 1] if prepared.origins else None,
             "split": "eval" if prepared.is_eval[i] else "train",
-            "tokens": int(end - start),
-            "trained_tokens": int(tokens.trained[start:end].sum()),
-            "truncated": bool(tokens.full_lengths[i] > end - start),
-            "spans": spans(tok, tokens.ids[start:end].tolist(), tokens.trained[start:end].tolist()),
+            "tokens": len(ids),
+            "trained_tokens": int(trained.sum()),
+            "truncated": bool(prepared.full_lengths[i] > len(ids)),
+            "spans": spans(tok, ids.tolist(), trained.tolist()),
         })
     return shown

@@ -35,6 +35,7 @@ from slothctl.errors import DataError
 from slothctl.events import Emit, ignore, status, warning
 
 CHUNK = 2048  # rows tokenized per batch call
+IN_FLIGHT = 2  # chunks being tokenized at once (_encode_in_process)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Prepared:
     cache: dict | None = field(default=None)  # {"key", "path", "hit"} once cached
     fingerprint: dict = field(default_factory=dict)  # of the source as read (not cached)
     origins: list[str] = field(default_factory=list)  # of every source row (not cached)
+    suspects: list[DataError] = field(default_factory=list)  # the source read, but maybe not as meant (cached:
+    # a cache hit warns again, and refuses under strict, as reading the source did)
 
     @property
     def truncated(self) -> int:
@@ -92,6 +95,14 @@ class Prepared:
         if self.mapped is None:
             self.mapped = tables.to_table(self.arrays)
         return self.mapped
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kept row i's token ids and trained flags, without copying the other rows out of the cache."""
+        if self.arrays is not None:
+            start, end = self.arrays.offsets[i], self.arrays.offsets[i + 1]
+            return self.arrays.ids[start:end], self.arrays.trained[start:end]
+        one = tables.to_tokenized(self.mapped.slice(i, 1), self.full_lengths[i:i + 1])
+        return one.ids, one.trained
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -240,24 +251,26 @@ def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk | tuple[str, str | None
 
 
 def _encode_in_process(work: _Work) -> list[_Chunk]:
-    """Chunk by chunk; the tokenizer (native code, free of the GIL) works on one chunk while Python
-    cuts the next. Each source row is released once it is cut: the rows' Python objects are most of
-    the memory a large dataset takes here."""
+    """Chunk by chunk, with two chunks in the tokenizer's hands while Python cuts the next: the
+    tokenizer (native code, free of the GIL) works on one chunk while the other's ids become arrays
+    and its mask is computed, so it never waits for Python. Each source row is released once it is
+    cut: the rows' Python objects are most of the memory a large dataset takes here."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    chunks, pending = [], None
-    with ThreadPoolExecutor(1) as pool:
+    chunks, pending = [], deque()
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
         for start in range(0, len(work.rows), CHUNK):
             interrupts.check("while preparing the data")  # a safe point per chunk (interrupts.py)
             stop = min(len(work.rows), start + CHUNK)
             chunk, batch = _segment_range(work, start, stop)
             work.rows[start:stop] = [None] * (stop - start)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(_tokenize_into, chunk, batch, work)
+            if len(pending) == IN_FLIGHT:
+                pending.popleft().result()
+            pending.append(pool.submit(_tokenize_into, chunk, batch, work))
             chunks.append(chunk)
-        if pending is not None:
-            pending.result()
+        while pending:
+            pending.popleft().result()
     return chunks
 
 
@@ -320,6 +333,26 @@ def strict_error(problems: list[Problem]) -> DataError:
 
 def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool | None = None) -> Prepared:
     """Read, standardise, render, tokenize, mask and split the configured dataset."""
+    with no_gc():
+        return _prepare(cfg, tok, emit, strict)
+
+
+@contextmanager
+def no_gc():
+    """The cyclic garbage collector off: reading 100k rows makes millions of dicts and strings, none
+    in a cycle, and the collector walked all of them again and again (seconds, for nothing)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _prepare(cfg: Config, tok: TextTokenizer, emit: Emit, strict: bool | None) -> Prepared:
     data = cfg.data
     strict = data.strict if strict is None else strict
     source = load_rows(cfg, emit, strict)
@@ -386,4 +419,5 @@ def prepare(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool |
                     template=template, rows=len(source.rows), arrays=kept,
                     row_numbers=np.concatenate([numbers[in_train], numbers[in_eval]]),
                     is_eval=np.sort(is_eval), full_lengths=kept.full_lengths, invalid=problems,
-                    no_trained_tokens=dropped, report=report, fingerprint=source.fingerprint, origins=source.origin)
+                    no_trained_tokens=dropped, report=report, fingerprint=source.fingerprint, origins=source.origin,
+                    suspects=list(source.suspects))

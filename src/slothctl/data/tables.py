@@ -30,18 +30,36 @@ def _schema():
     return pa.schema([(name, pa.list_(pa.int32())) for name in COLUMNS])
 
 
+def _int32(values: np.ndarray):
+    """An Arrow int32 array over a numpy array's buffer. Not `pa.array`: converting numpy through it
+    imports pandas (half a second at start-up, for nothing)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
+
+def _numpy(array) -> np.ndarray:
+    """An Arrow int32 array (no nulls) as a numpy view of its buffer (not `to_numpy`: it imports pandas)."""
+    if array.null_count:
+        raise ValueError("unexpected nulls in a token table")
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=np.int32, count=array.offset + len(array))[array.offset:] if data \
+        else np.zeros(0, np.int32)
+
+
 def record_batch(tokens: Tokenized, start: int, stop: int):
     """Rows start..stop-1 as one record batch: ids are a view of the flat array, labels are the ids
     with untrained tokens set to -100 (made here, for these rows only)."""
     import pyarrow as pa
 
     first, last = int(tokens.offsets[start]), int(tokens.offsets[stop])
-    offsets = pa.array((tokens.offsets[start:stop + 1] - first).astype(np.int32))
+    offsets = _int32(tokens.offsets[start:stop + 1] - first)
     ids = tokens.ids[first:last]
     labels = np.where(tokens.trained[first:last], ids, np.int32(IGNORE)).astype(np.int32, copy=False)
     return pa.RecordBatch.from_arrays(
-        [pa.ListArray.from_arrays(offsets, pa.array(ids, type=pa.int32())),
-         pa.ListArray.from_arrays(offsets, pa.array(labels, type=pa.int32()))], schema=_schema())
+        [pa.ListArray.from_arrays(offsets, _int32(ids)), pa.ListArray.from_arrays(offsets, _int32(labels))],
+        schema=_schema())
 
 
 def _batches(tokens: Tokenized, start: int, stop: int):
@@ -79,18 +97,17 @@ def read(path: Path):
 
 def row_lengths(table) -> np.ndarray:
     """Tokens per row, from the list offsets of `input_ids` (no token is read)."""
-    import pyarrow.compute as pc
-
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
-    return pc.list_value_length(table.column("input_ids")).to_numpy().astype(np.int64)
+    return np.concatenate([np.zeros(0, np.int64)] + [np.diff(_numpy(chunk.offsets)).astype(np.int64)
+                                                      for chunk in table.column("input_ids").chunks])
 
 
 def to_tokenized(table, full_lengths: np.ndarray) -> Tokenized:
     """The flat arrays of a table, copied out of it (for small uses such as tests and --out)."""
     column_ids, column_labels = table.column("input_ids"), table.column("labels")
-    ids = np.concatenate([np.zeros(0, np.int32)] + [c.flatten().to_numpy() for c in column_ids.chunks])
-    labels = np.concatenate([np.zeros(0, np.int32)] + [c.flatten().to_numpy() for c in column_labels.chunks])
+    ids = np.concatenate([np.zeros(0, np.int32)] + [_numpy(c.flatten()) for c in column_ids.chunks])
+    labels = np.concatenate([np.zeros(0, np.int32)] + [_numpy(c.flatten()) for c in column_labels.chunks])
     offsets = np.concatenate([[0], np.cumsum(row_lengths(table))]).astype(np.int64)
     return Tokenized(ids.astype(np.int32, copy=False), labels != IGNORE, offsets, full_lengths)
 
