@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import final_error, make_project, run_cli, strict_json
-from slothctl.runs import CHECKPOINT_INFO, PAUSE_ENV, RunPaths, checkpoint_problem
+from slothctl.interrupts import HOLD_ENV
+from slothctl.runs import CHECKPOINT_INFO, RunPaths, checkpoint_problem
 from slothctl.training.checkpoints import listed_files
 from training_process import TrainingProcess
 
@@ -55,12 +56,12 @@ def test_sigkill_during_rotation_leaves_the_new_checkpoint_and_resume_goes_on(tm
     project = make_project(tmp_path / "rot", *SETS, "train.save_total_limit=1")
     run_dir = project / "runs" / "rot"
     flag = tmp_path / "rotating"
-    monkeypatch.setenv(PAUSE_ENV, f"rotation:{flag}")  # the first rotation: checkpoint-1 goes once -2 is complete
+    monkeypatch.setenv(HOLD_ENV, f"rotation:{flag}")  # the first rotation: checkpoint-1 goes once -2 is complete
     process = TrainingProcess("train", cwd=project)
     wait_for_file(flag, process)
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
-    monkeypatch.delenv(PAUSE_ENV)
+    monkeypatch.delenv(HOLD_ENV)
 
     # checkpoint-1 stopped counting in one step (renamed aside); checkpoint-2 is complete and verifies.
     aside = [p.name for p in run_dir.iterdir() if ".deleting-" in p.name]

@@ -21,7 +21,8 @@ now) and named with the pid, so the next run removes those of a process that is 
 For tests, SLOTHCTL_TEST_HOLD=MOMENT:FILE makes `hold(MOMENT)` write FILE and wait there for a signal
 (60 s at most): a test signals at that moment without racing the process. The moments: `model_loading`
 (train, before the backend loads), `data_preparing` (before rows are tokenized), `merging` (inside
-the temporary folder, before the merge), `exporting` (inside export gguf's temporary folder).
+the temporary folder, before the merge), `exporting` (inside export gguf's temporary folder), `rotation` (runs.rotate_checkpoints, an old
+checkpoint renamed aside but not yet deleted).
 """
 
 from __future__ import annotations

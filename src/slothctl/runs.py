@@ -25,11 +25,11 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from slothctl import interrupts
 from slothctl.errors import RuntimeFailure, UsageError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -120,21 +120,9 @@ def rotate_checkpoints(paths: RunPaths, keep: int) -> list[Path]:
         aside = path.with_name(f".{path.name}{DELETING}{os.getpid()}")
         os.replace(path, aside)
         fsync_dir(paths.root)
-        pause_point("rotation")
+        interrupts.hold("rotation")  # tests kill it here
         shutil.rmtree(aside, ignore_errors=True)
     return old
-
-
-PAUSE_ENV = "SLOTHCTL_TEST_PAUSE"  # "<moment>:<file>" (tests only): at that moment touch the file and wait
-
-
-def pause_point(moment: str) -> None:
-    """Tests kill a process at a named moment (e.g. "rotation") instead of guessing it by timing: the
-    process announces it through a file and waits there to be killed."""
-    name, _, flag = os.environ.get(PAUSE_ENV, "").partition(":")
-    if name == moment and flag:
-        Path(flag).touch()
-        time.sleep(3600)
 
 
 def checkpoint_problem(folder: Path) -> str | None:
