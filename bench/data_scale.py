@@ -14,6 +14,9 @@ Measured, interleaved by size, each in a fresh process:
               own: `data inspect` stores the tokenized rows where `train` finds them)
   train miss  `slothctl train --max-steps 1 --json` with an empty data cache
   train hit   the same again in a new run folder: the data cache has the entry
+  tokenizer   the floor under inspect: only the embedded model's tokenizer (`tokenizers`, all cores,
+              chunks of 2,048 rows, as slothctl calls it) on the same conversations written out as
+              ChatML text, timed inside a fresh process after the rows are read
 For train, seconds from launch to: the formatted data (the cache event), the start of training (the
 "start" event: the first step begins; this is "time to the first step"), the end of the first step;
 the model load (from "Loading" to "Training"); the peak RSS. Peak RSS is the child's ru_maxrss
@@ -121,6 +124,31 @@ def inspect(path: Path, work: Path) -> dict:
             "median_tokens": report["tokens"]["p50"]}
 
 
+TOKENIZER_ONLY = """
+import json, os, resource, sys, time
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
+from tokenizers import Tokenizer
+from slothctl.models import ensure_embedded
+tokenizer = Tokenizer.from_file(str(ensure_embedded("smollm2-135m") / "tokenizer.json"))
+texts = ["".join(f"<|im_start|>{turn['from']}\\n{turn['value']}<|im_end|>\\n" for turn in json.loads(line)["conversations"])
+         for line in open(sys.argv[1], encoding="utf-8")]
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu, started, tokens = usage.ru_utime + usage.ru_stime, time.perf_counter(), 0
+for start in range(0, len(texts), 2048):
+    tokens += sum(len(e.ids) for e in tokenizer.encode_batch_fast(texts[start:start + 2048], add_special_tokens=False))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": round(time.perf_counter() - started, 2),
+                  "cpu_s": round(usage.ru_utime + usage.ru_stime - cpu, 1), "tokens": tokens}))
+"""
+
+
+def tokenizer_only(path: Path, work: Path) -> dict:
+    """The tokenizer's own time on these conversations: what no data pipeline on this machine can beat."""
+    proc = subprocess.run([sys.executable, "-c", TOKENIZER_ONLY, str(path)], cwd=work, env=child_env(work / "unused"),
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def project(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "slothctl.toml").write_text(f'[model]\nname = "{MODEL}"\n[data]\nsource = "{path}"\n'
@@ -150,6 +178,9 @@ def table(results: dict, sizes: list[int]) -> str:
     def step(run: dict) -> str:
         return f" · {run['first_step_s']:.1f} s" if run["first_step_s"] else ""
 
+    def tokenizer_part(r: dict) -> str:
+        return f" (tokenizer alone {r['tokenizer']['seconds']:.1f} s)" if "tokenizer" in r else ""
+
     rows = ["| rows (tokens) | `data inspect` | `train`, cache miss: data ready · training starts (· step done) "
             "| `train`, cache hit: data ready · training starts (· step done) · model load "
             "| `train` peak RSS, miss / hit |", "|---|---|---|---|---|"]
@@ -157,7 +188,8 @@ def table(results: dict, sizes: list[int]) -> str:
         r = results[str(size)]
         i, miss, hit = r["inspect"], r["train_miss"], r["train_hit"]
         rows.append(
-            f"| {size:,} ({i['tokens'] / 1e6:.2f} M) | {i['seconds']:.1f} s, {i['peak_rss_gb']:.2f} GB | "
+            f"| {size:,} ({i['tokens'] / 1e6:.2f} M) | {i['seconds']:.1f} s, {i['peak_rss_gb']:.2f} GB"
+            f"{tokenizer_part(r)} | "
             f"{miss['data_ready_s']:.1f} s · {miss['training_start_s']:.1f} s{step(miss)} | "
             f"{hit['data_ready_s']:.1f} s · {hit['training_start_s']:.1f} s{step(hit)} · "
             f"{hit['model_load_s']:.1f} s | "
@@ -204,7 +236,8 @@ def main() -> None:
                 generate(files[size], size, seed=0, **SHAPE)
         results: dict = {str(size): {} for size in sizes}
         stop = args.until_training_starts
-        phases = [("inspect", lambda size: inspect(files[size], work)),
+        phases = [("tokenizer", lambda size: tokenizer_only(files[size], work)),
+                  ("inspect", lambda size: inspect(files[size], work)),
                   ("train_miss", lambda size: train(project(files[size], work / f"p{size}"), work / f"cache{size}",
                                                     stop)),
                   ("train_hit", lambda size: train(work / f"p{size}", work / f"cache{size}", stop))]

@@ -246,25 +246,30 @@ def merge_runs(found: list[dict]) -> dict:
             "peak_vram_gb": max((r["peak_vram_gb"] or 0 for r in ok), default=None)}
 
 
-def profile_pair(shape: str, seq: int, out_dir: Path) -> None:
-    """Kernel-level profiles of (a) and (b), steps 6-8 of 8, and their comparison."""
+def profile_pair(shape: str, seq: int, out_dir: Path, steps: int = 16) -> None:
+    """Kernel-level profiles of (a), (b) and (f), the last four of `steps` steps, and their comparison."""
     model, bs = build_model(shape), BATCH[shape]
-    data = fixed_data(seq, 10)
+    data = fixed_data(seq, steps + 2)
     profiler = [sys.executable, str(HERE / "profile_steps.py")]
-    project = slothctl_project(f"{shape}-a", model, data, "text", seq, bs, 8, "unsloth", batching="auto")
+    project = slothctl_project(f"{shape}-a", model, data, "text", seq, bs, steps, "unsloth", batching="auto")
     env = fresh_run_env(project)
     out_dir.mkdir(parents=True, exist_ok=True)
+    script = ("--seq", str(seq), "--bs", str(bs), "--steps", str(steps), "--warmup", "3")
+    names = []
     for name, command, cwd in (
             ("a_slothctl", ["-m", "slothctl", "train", "--json"], project),
-            ("b_raw", [str(HERE / "raw_unsloth.py"), str(model), str(data), str(WORK / "profile-raw.json"),
-                       "--seq", str(seq), "--bs", str(bs), "--steps", "8", "--warmup", "3"], HERE)):
-        proc = subprocess.run([*profiler, str(out_dir / f"{shape}-{name}.json"), "--steps", "5:8", "--", *command],
+            ("b_raw", [str(HERE / "raw_unsloth.py"), str(model), str(data), str(WORK / "profile-raw.json"), *script],
+             HERE),
+            ("f_loop", [str(HERE / "raw_loop.py"), str(model), str(data), str(WORK / "profile-loop.json"), *script],
+             HERE)):
+        proc = subprocess.run([*profiler, str(out_dir / f"{shape}-{name}.json"), "--steps",
+                               f"{steps - 4}:{steps}", "--", *command],
                               cwd=cwd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             print("profile", name, "failed:", proc.stderr[-2000:], flush=True)
-            return
-    subprocess.run([*profiler, "--compare", str(out_dir / f"{shape}-a_slothctl.json"),
-                    str(out_dir / f"{shape}-b_raw.json")])
+            continue
+        names.append(name)
+    subprocess.run([*profiler, "--compare", *(str(out_dir / f"{shape}-{name}.json") for name in names)])
 
 
 def variable_length(rows: int, strategies: list[str]) -> dict:
@@ -405,7 +410,7 @@ def main() -> None:
     parser.add_argument("--varlen", default="", help="comma list: unsloth_default,auto,padded,length_grouped,"
                                                      "padding_free,packed")
     parser.add_argument("--varlen-rows", type=int, default=512)
-    parser.add_argument("--profile", action="store_true", help="also profile (a) and (b) kernel by kernel "
+    parser.add_argument("--profile", action="store_true", help="also profile (a), (b) and (f) kernel by kernel "
                                                               "on each shape (JSON beside --out)")
     parser.add_argument("--scale-rows", default="", help="comma list of row counts, e.g. 1000,10000")
     parser.add_argument("--scale-batches", default="2x4,4x4", help="BSxGA list (batch size x accumulation)")
