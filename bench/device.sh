@@ -17,6 +17,8 @@
 #                                           python bench/memory_accuracy.py --merge A.json B.json --out ...)
 #   bash bench/device.sh oomtest microbatch      (after setup model; ~1.5 + ~3.5 min; tests/gpu/test_micro_batch_gpu.py, bench/micro_batch.py)
 #   bash bench/device.sh microbatch8b            (~4.5 min: builds the Llama-3-8B shape unless memory did)
+#   bash bench/device.sh microbatch4chat / microbatch4chat8b   (after setup model; issue 15's 4-bit rows on chat
+#                                           data; ~4 / ~6 min; merge their cases into one results JSON)
 #   bash bench/device.sh multigpu          (kind nvidia-h200-x2, after setup model; ~5 min: tests/gpu/test_multi_gpu.py)
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
 #   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
@@ -26,6 +28,8 @@
 #                                           notebook script on 1k and 10k ShareGPT rows; ~4-5 min)
 #
 # The machine stays warm for 30 s between calls: /tmp/site survives only if calls follow at once.
+# Measured 2026-12-03: a start plus `setup` costs ~30 s of device time, `model` ~60 s, a Qwen3-1.7B
+# `micro_batch.py` run ~45-80 s, `scalefixed` at 20 steps ~50 s a variant on Qwen3-1.7B.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SLOTHCTL_CACHE=/tmp/slothctl-cache \
@@ -115,6 +119,11 @@ microbatch8b) python3 bench/micro_batch.py --out "$OUT/micro_batch-llama.json" -
                   | tee -a "$OUT/micro_batch.log" | tail -30 ;;
 microbatch4)  python3 bench/micro_batch.py --out "$OUT/micro_batch-4bit.json" --weights 4bit --data fixed 2>&1 \
                   | tee -a "$OUT/micro_batch.log" | tail -30 ;;
+# 4-bit on chat rows, one shape per call (the notebook layout's epoch takes ~2 min on each)
+microbatch4chat)   python3 bench/micro_batch.py --out "$OUT/micro_batch-4bit-chat-qwen.json" --weights 4bit --data chat \
+                       --shapes qwen3-1.7b 2>&1 | tee -a "$OUT/micro_batch.log" | tail -30 ;;
+microbatch4chat8b) python3 bench/micro_batch.py --out "$OUT/micro_batch-4bit-chat-llama.json" --weights 4bit --data chat \
+                       --shapes llama-3-8b 2>&1 | tee -a "$OUT/micro_batch.log" | tail -30 ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac
 done
