@@ -65,11 +65,16 @@ def cache_key(cfg: Config, source_fingerprint: dict, tok: TextTokenizer, templat
 
 
 def write(prepared: Prepared, key: str) -> Path:
-    """Store a prepared dataset under its key, atomically; returns the entry's folder."""
+    """Store a prepared dataset under its key, atomically; returns the entry's folder. The training
+    rows' fingerprint is hashed in a second thread while the rows are written (both release the GIL:
+    on two cores that hides most of its 0.6 s at 100k rows)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     target = cache_dir() / key
     arrays = {"full_lengths": prepared.full_lengths, "row_numbers": prepared.row_numbers,
               "is_eval": prepared.is_eval}
-    with atomic_dir(target, replace=True) as tmp:
+    with atomic_dir(target, replace=True) as tmp, ThreadPoolExecutor(1) as pool:
+        train_hash = pool.submit(lambda: prepared.train_hash)
         tables.write(prepared.tokens, tmp / TOKENS)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
@@ -80,7 +85,7 @@ def write(prepared: Prepared, key: str) -> Path:
             "template": [template.name, template.source, template.end_of_turn] if template else None,
             "invalid": [p.to_json() for p in prepared.invalid],
             "no_trained_tokens": [p.to_json() for p in prepared.no_trained_tokens],
-            "train_hash": prepared.train_hash,
+            "train_hash": train_hash.result(),
             "suspects": [{"message": e.message, "hint": e.hint} for e in prepared.suspects]})
         files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         write_json_atomic(tmp / "manifest.json", {"key": key, "version": PIPELINE_VERSION, "files": files})
