@@ -23,7 +23,8 @@
 #   bash bench/device.sh scaling-qwen      (kind nvidia-h200-x2, after setup; ~5 min: bench/multi_gpu.py --gpus 1,2)
 #   bash bench/device.sh scaling-llama     (kind nvidia-h200-x2, after setup; ~8 min; both add to $OUT/multi_gpu.json)
 #   bash bench/device.sh scalefixed        (after setup model; issue 13 item 5: slothctl vs the hand-written
-#                                           loop and the notebook script, fixed length; ~4-5 min)
+#                                           loop and the notebook script, fixed length; ~4-5 min; BENCH_CPUS=0-7
+#                                           runs every child on the same cores)
 #   bash bench/device.sh scalevarlen       (after setup model; issue 13 item 4: slothctl defaults vs the
 #                                           notebook script on 1k and 10k ShareGPT rows; ~4-5 min)
 #

@@ -131,6 +131,9 @@ name = "bench"
 
 
 CHILD_TIMEOUT_S = int(os.environ.get("BENCH_CHILD_TIMEOUT_S", "420"))  # a hung child costs this, not the lease
+# BENCH_CPUS=0-7: every child on the same cores (taskset). The steps are bound by kernel launches from one
+# CPU thread, and two runs of one variant differed by up to 15% on 2026-12-03 (README "Speed").
+PIN = ["taskset", "-c", os.environ["BENCH_CPUS"]] if os.environ.get("BENCH_CPUS") else []
 DIAGNOSE = {"TORCH_LOGS": "recompiles"}  # count torch.compile recompilations (one stderr line each)
 
 
@@ -148,7 +151,7 @@ def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
     """Run `slothctl train --json` in a fresh process; steady-state tokens/s from its step events."""
     env = fresh_run_env(project, **(DIAGNOSE if diagnose else {}))
     try:
-        proc = subprocess.run([sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
+        proc = subprocess.run([*PIN, sys.executable, "-m", "slothctl", "train", "--json"], cwd=project, env=env,
                               capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         return {"error": f"timed out after {CHILD_TIMEOUT_S} s: {(exc.stderr or b'')[-2000:]!r}"}
@@ -176,8 +179,8 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
     env = {**os.environ, **(DIAGNOSE if diagnose else {})}
     backend = ["--backend", "hf"] if CPU and script in ("raw_unsloth.py", "raw_loop.py") else []
     try:
-        proc = subprocess.run([sys.executable, str(HERE / script), *args, str(out), *backend], capture_output=True,
-                              text=True, cwd=HERE, env=env, timeout=CHILD_TIMEOUT_S)
+        proc = subprocess.run([*PIN, sys.executable, str(HERE / script), *args, str(out), *backend],
+                              capture_output=True, text=True, cwd=HERE, env=env, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         return {"error": f"timed out after {CHILD_TIMEOUT_S} s: {(exc.stderr or b'')[-2000:]!r}"}
     if proc.returncode != 0:
