@@ -28,6 +28,9 @@ class OutOfMemory(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == {at} and args.per_device_train_batch_size == {rows} and not fired:
             fired.append(state.global_step)
+            if {poison}:  # the weights went bad in the step before: no checkpoint may keep them
+                with torch.no_grad():
+                    next(p for p in kwargs["model"].parameters() if p.requires_grad).fill_(float("nan"))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (raised by the test)")
 
 run.make_trainer = lambda model, tok, args, train, evals, hooks: made(model, tok, args, train, evals, hooks + [OutOfMemory()])
@@ -35,8 +38,8 @@ main({argv!r})
 """
 
 
-def run_out_of_memory(directory, *argv: str, at: int, rows: int):
-    code = OUT_OF_MEMORY_RUN.format(at=at, rows=rows, argv=list(argv))
+def run_out_of_memory(directory, *argv: str, at: int, rows: int, poison: bool = False):
+    code = OUT_OF_MEMORY_RUN.format(at=at, rows=rows, argv=list(argv), poison=poison)
     return subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, timeout=900)
 
 
@@ -86,6 +89,17 @@ def test_out_of_memory_with_auto_halves_the_micro_batch_and_continues_from_the_s
     assert info["step"] == 2 and info["layout"]["micro_batch"] == 2 and info["layout"]["source"] == "halved"
     summary = json.loads(paths.summary.read_text())
     assert summary["steps"] == 4 and summary["layout"]["micro_batch"] == 2 and summary["layout"]["grad_accum"] == 2
+
+
+def test_out_of_memory_with_weights_gone_nan_writes_no_checkpoint_and_names_the_step(tmp_path, embedded_model):
+    """The checkpoint written when memory runs out is checked like every other: NaN weights end the run."""
+    directory = make_project(tmp_path / "proj", "model.max_seq_length=64", "train.save_steps=0")
+    proc = run_out_of_memory(directory, "train", "--max-steps", "4", at=2, rows=4, poison=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    text = error_text(proc.stderr)
+    assert "the LoRA weights became NaN or infinite at step 2" in text and "no checkpoint was written" in text, text
+    assert RunPaths(directory / "runs" / "proj").checkpoints() == []
 
 
 # Packed rows fill max_seq_length: 64 x 4,096 tokens per micro-batch, far beyond a T4

@@ -354,6 +354,7 @@ def _continue_at(trainer, plan: RunPlan, step: int) -> RunPlan:
         return dataclasses.replace(plan, checkpoint=None, info={})
     newest = paths.checkpoints()
     if not newest or newest[-1][0] < step:
+        finite.check_parameters(trainer.model, step, newest[-1][1] if newest else None)  # as any checkpoint
         private.save_checkpoint(trainer)
     folder = paths.checkpoint(step)
     return dataclasses.replace(plan, checkpoint=folder, info=checkpoints.read_info(folder))
