@@ -71,7 +71,7 @@ def test_sigkill_during_rotation_leaves_the_new_checkpoint_and_resume_goes_on(tm
     # --from 1 is refused; checkpoint-2 stays where it is. What was left of checkpoint-1 is removed, saying so.
     refused = run_cli("resume", "--from", "1", cwd=project)
     assert refused.returncode == 2 and "checkpoint-1" in final_error(refused.stderr)
-    assert f"removed {aside[0]}" in refused.stderr
+    assert f"removed {aside[0]}: an old checkpoint whose deletion was interrupted" in refused.stderr
     assert steps(run_dir) == [2] and not [p for p in run_dir.iterdir() if ".superseded-" in p.name]
 
     result = run_cli("resume", "--json", cwd=project)

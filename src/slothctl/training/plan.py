@@ -29,7 +29,7 @@ from slothctl import config as config_mod
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, ignore, status, warning
-from slothctl.runs import CHECKPOINT_INFO, RunPaths, checkpoint_problem, clean_incomplete
+from slothctl.runs import CHECKPOINT_INFO, DELETING, RunPaths, checkpoint_problem, clean_incomplete
 from slothctl.training import checkpoints
 
 
@@ -204,7 +204,9 @@ def plan_run(cfg: Config, emit: Emit, *, fresh: bool = False, force_resume: bool
     if not paths.root.is_dir():
         raise UsageError(f"run folder {paths.root} is a file", "remove it or set another [output] name")
     for removed in clean_incomplete(paths):
-        warning(emit, f"removed {removed.name}: an unfinished write (the process stopped while writing it)")
+        why = ("an old checkpoint whose deletion was interrupted" if DELETING in removed.name
+               else "an unfinished write (the process stopped while writing it)")
+        warning(emit, f"removed {removed.name}: {why}")
     checkpoint = find_checkpoint(paths, from_checkpoint, cfg, emit)
     if checkpoint is None:
         if require_checkpoint or force_resume:
