@@ -18,7 +18,8 @@ cache has it, else `prepare` and store; either way the rows are then memory-mapp
 from __future__ import annotations
 
 from slothctl.config import Config
-from slothctl.data.pipeline import Prepared, load_rows, prepare, select_template, split_mask, strict_error
+from slothctl.data.pipeline import Prepared, load_rows, prepare, report_suspects, select_template, split_mask, \
+    strict_error
 from slothctl.data.report import Problem
 from slothctl.data.tokenizer import TextTokenizer
 from slothctl.errors import DataError, UsageError
@@ -56,10 +57,7 @@ def formatted(cfg: Config, tok: TextTokenizer, emit: Emit = ignore, strict: bool
     key = _key(cfg, tok, fingerprint_source(cfg.data.source, cfg.project_dir, cfg.data.subset, cfg.data.split))
     found = cache.read(key)
     if found is not None:
-        for suspect in found.suspects:  # as load_rows does when it reads the source
-            if strict:
-                raise suspect
-            warning(emit, suspect.one_line())
+        report_suspects(found.suspects, strict, emit)
         if strict and (found.invalid or found.no_trained_tokens):
             raise strict_error(sorted(found.invalid + found.no_trained_tokens, key=lambda p: p.row))
         found.cache = {"key": key, "path": str(cache.cache_dir() / key), "hit": True}

@@ -156,10 +156,7 @@ def load_rows(cfg: Config, emit: Emit = ignore, strict: bool = False) -> Rows:
     so, with `strict`, is a file that was probably not read as meant (else a warning)."""
     data = cfg.data
     rows = read_source(data.source, cfg.project_dir, data.subset, data.split)
-    for suspect in rows.suspects:
-        if strict:
-            raise suspect
-        warning(emit, suspect.one_line())
+    report_suspects(rows.suspects, strict, emit)
     if rows.skipped:
         shown = ", ".join(rows.skipped[:5]) + (f" and {len(rows.skipped) - 5} more" if len(rows.skipped) > 5 else "")
         warning(emit, f"skipped files that are not data: {shown}")
@@ -170,6 +167,15 @@ def load_rows(cfg: Config, emit: Emit = ignore, strict: bool = False) -> Rows:
                         "check the file, or [data] split/subset for a hub dataset")
     formats.rename_columns(rows.rows, data.columns, where=str(resolve_source(data.source, cfg.project_dir)))
     return rows
+
+
+def report_suspects(suspects: list[DataError], strict: bool, emit: Emit) -> None:
+    """A source that was read, but maybe not as meant: a warning each, or with `strict` the first as the
+    error. Said when the source is read, and again on a cache hit (the entry stores them)."""
+    for suspect in suspects:
+        if strict:
+            raise suspect
+        warning(emit, suspect.one_line())
 
 
 def select_template(cfg: Config, tok: TextTokenizer) -> ChatTemplate:

@@ -176,12 +176,17 @@ def loaded(trainer) -> bool:
 def unloadable(paths: RunPaths, checkpoint: Path, step: int, exc: Exception, resume: str) -> RuntimeFailure:
     """The checkpoint resumed from verified but failed to load (exit 1): named, with the command that
     resumes from the previous good one. Nothing was set aside (that waits for the load)."""
-    older = [path for number, path in paths.marked_checkpoints() if number < step]
-    good = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
     detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return RuntimeFailure(f"cannot load {checkpoint}: {detail}",
-                          f"resume from the previous good checkpoint: {resume} --from {read_info(good)['step']}"
-                          if good is not None else "start over with: slothctl train --fresh")
+    return RuntimeFailure(f"cannot load {checkpoint}: {detail}", previous_good(paths, step, resume))
+
+
+def previous_good(paths: RunPaths, step: int, resume: str) -> str:
+    """The hint after the checkpoint of `step` failed (damaged, or it does not load): the command that
+    resumes from the newest older checkpoint whose files verify, or starting over when none does."""
+    older = [(number, path) for number, path in paths.marked_checkpoints() if number < step]
+    good = next((number for number, path in reversed(older) if checkpoint_problem(path) is None), None)
+    return (f"resume from the previous good checkpoint: {resume} --from {good}" if good is not None
+            else "no earlier checkpoint verifies: start over with slothctl train --fresh")
 
 
 def run_record(cfg: Config, data_hash: str, rows: int) -> dict[str, Any]:

@@ -134,13 +134,8 @@ def find_checkpoint(paths: RunPaths, choice: str | None, cfg: Config | None = No
                          f"complete checkpoints of {paths.root}: {steps}")
     problem = checkpoint_problem(candidate)
     if problem:
-        older = [(step, path) for step, path in paths.marked_checkpoints() if path.resolve() != candidate.resolve()
-                 and step < checkpoint_step(candidate)]
-        good = next((step for step, path in reversed(older) if checkpoint_problem(path) is None), None)
         command = resume_command(cfg) if cfg is not None else "slothctl resume"
-        raise RuntimeFailure(problem, f"resume from the previous good checkpoint: {command} --from {good}"
-                             if good is not None else "no earlier checkpoint verifies: start over with "
-                                                      "slothctl train --fresh")
+        raise RuntimeFailure(problem, checkpoints.previous_good(paths, checkpoint_step(candidate), command))
     return candidate
 
 
