@@ -10,6 +10,8 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
     (f) a hand-written Unsloth training loop, no TRL, no Trainer (bench/raw_loop.py)
     (g) as (a) with batching = "length_grouped": padded batches, which on rows of one length carry no
         attention mask (trainer.MasklessWhenFull), against (a)'s `auto` choice for such rows (padding-free)
+    (j) as (g) with optim = "adamw_torch_fused": one fused AdamW over all LoRA weights instead of
+        bitsandbytes' 8-bit AdamW, which launches its kernels weight by weight
 
 A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
 the mean of the runs (and every run's value is kept), to show how much runs vary.
@@ -102,7 +104,7 @@ AutoTokenizer.from_pretrained({str(embedded_folder())!r}).save_pretrained({str(t
 
 
 def slothctl_project(name: str, model: Path, data: Path, fmt: str, seq: int, bs: int, steps: int | None,
-                     backend: str, batching: str = "padded", packing: bool = False) -> Path:
+                     backend: str, batching: str = "padded", packing: bool = False, optim: str = "auto") -> Path:
     folder = WORK / "projects" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "slothctl.toml").write_text(f"""
@@ -124,6 +126,7 @@ logging_steps = 1
 gradient_checkpointing = true
 batching = "{batching}"
 packing = {"true" if packing else "false"}
+optim = "{optim}"
 [output]
 name = "bench"
 """)
@@ -193,7 +196,7 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
 
 NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
          "e": "e_raw_hf_plain_loss", "f": "f_raw_loop",
-         "g": "g_slothctl_padded"}
+         "g": "g_slothctl_padded", "j": "j_slothctl_padded_fused"}
 
 
 def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
@@ -203,10 +206,12 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     common = ("--seq", str(seq), "--bs", str(bs), "--steps", str(steps), "--warmup", str(warmup))
     runs: dict[str, list[dict]] = {}
     for variant in variants:
-        if variant in "adg":
-            backend = "unsloth" if variant in "ag" and not CPU else "hf"
+        if variant in "adgj":
+            backend = "unsloth" if variant in "agj" and not CPU else "hf"
             result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
-                                                   backend, batching="length_grouped" if variant == "g" else "auto"),
+                                                   backend, batching="length_grouped" if variant in "gj" else "auto",
+                                                   optim="adamw_torch_fused" if variant == "j" and not CPU
+                                                   else "auto"),
                                   warmup)
         elif variant == "b":
             result = run_script("raw_unsloth.py", str(model), str(data), *common)
@@ -221,12 +226,16 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
                "results": results}
     a = results.get(NAMES["a"], {})
-    for other in "bcfg":
+    for other in "bcfgj":
         o = results.get(NAMES[other], {})
         if "tokens_per_s" in a and "tokens_per_s" in o:
             summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
             if a.get("peak_vram_gb") and o.get("peak_vram_gb"):
                 summary[f"a_over_{other}_vram"] = a["peak_vram_gb"] / o["peak_vram_gb"]
+    summary["ratios"] = {f"{mine}/{theirs}": results[NAMES[mine]]["tokens_per_s"] / results[NAMES[theirs]]["tokens_per_s"]
+                         for mine in "adgj" for theirs in "bcef"
+                         if "tokens_per_s" in results.get(NAMES[mine], {})
+                         and "tokens_per_s" in results.get(NAMES[theirs], {})}
     return summary
 
 
@@ -382,9 +391,12 @@ def report(results: dict) -> None:
             print(f"{shape:14} {variant:22} {r['tokens_per_s']:9.0f} {vram:>9} "
                   f"{f'{mfu:.1%}' if mfu else '-':>6}")
         for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram",
-                      "a_over_f_tokens", "a_over_f_vram", "a_over_g_tokens"):
+                      "a_over_f_tokens", "a_over_f_vram", "a_over_g_tokens", "a_over_j_tokens",
+                      "a_over_j_vram"):
             if ratio in data:
                 print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
+        for pair, ratio in data.get("ratios", {}).items():
+            print(f"{'':14} {'tok/s ' + pair:22} {ratio:9.3f}")
     if "varlen" in results:
         print("\nvariable-length chat (one epoch, real tokens/s, speed-up over Unsloth's default):")
         for k, r in results["varlen"]["results"].items():

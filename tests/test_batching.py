@@ -64,7 +64,9 @@ def on_gpu_without_varlen(monkeypatch):
     monkeypatch.setattr(batching, "varlen_attention_available", lambda: False)
 
 
-EXPECTED = {chat: "length_grouped", at_max_length: "padding_free", bimodal: "length_grouped"}
+# (strategy, how the reason starts): rows of one length are padded too, but nothing is padded (no mask)
+EXPECTED = {chat: ("length_grouped", "rows of many lengths"), at_max_length: ("length_grouped", "the rows are of one"),
+            bimodal: ("length_grouped", "rows of many lengths")}
 
 
 @pytest.mark.parametrize("rows", [100, 1_000, 10_000, 100_000])
@@ -75,8 +77,9 @@ def test_auto_on_a_gpu_decides_from_the_batches_at_every_size(on_gpu_without_var
     lengths = kind(rows, np.random.default_rng(rows))
     for batch_size in (1, 2, 8, 32):
         choice = batching.fastest(lengths, batch_size, seed=3407)
-        expected = "padded" if batch_size == 1 else EXPECTED[kind]
-        assert choice.strategy == expected, (kind.__name__, rows, batch_size, choice)
+        expected, reason = ("padded", "batch size 1") if batch_size == 1 else EXPECTED[kind]
+        assert choice.strategy == expected and choice.reason.startswith(reason), (kind.__name__, rows, batch_size,
+                                                                                  choice)
         assert choice.reason and "\n" not in choice.reason
 
 
@@ -85,7 +88,9 @@ def test_auto_on_a_gpu_explains_itself(on_gpu_without_varlen, monkeypatch):
     grouped = batching.fastest(chat(10_000, rng), 8)
     assert grouped.reason.startswith("rows of many lengths") and "4.6% padding" in grouped.reason, grouped
     assert "(shuffled batches: 60%)" in grouped.reason
-    assert batching.fastest(nearly_all_at_max_length(10_000, rng), 8).strategy == "padding_free"
+    one_length = batching.fastest(nearly_all_at_max_length(10_000, rng), 8)
+    assert one_length.strategy == "length_grouped", one_length  # padded, and without a mask where nothing is padded
+    assert one_length.reason.startswith("the rows are of one length (") and "without an attention mask" in one_length.reason
     assert batching.fastest(list(chat(50, rng)), 8).strategy == "length_grouped"  # a plain list works too
     monkeypatch.setattr(batching, "varlen_attention_available", lambda: True)
     assert batching.fastest(chat(1_000, rng), 8).strategy == "padding_free"

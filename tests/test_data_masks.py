@@ -237,3 +237,51 @@ LOOP = "{% for message in messages %}X{% endfor %}"
 ])
 def test_content_use_is_conservative(template, verdict):
     assert content_use(template) == verdict
+
+
+def _naive_mask(positions, lengths, units, max_length):
+    """Token by token: trained when its position falls in a trained segment; the first max_length per row."""
+    ranges, offset = [], 0
+    for segments in units:
+        for size, trained in segments:
+            if trained and size:
+                ranges.append((offset, offset + size))
+            offset += size
+    ids, flags, start = [], [], 0
+    for length in lengths:
+        for k in range(min(length, max_length)):
+            p = positions[start + k]
+            ids.append(start + k)
+            flags.append(any(low <= p < high for low, high in ranges))
+        start += length
+    return ids, flags
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_mask_and_truncation_match_a_token_by_token_reference(ascending):
+    """encode._masked: positions in order take two binary searches per segment, out of order one per token;
+    both must mark what a token-by-token check marks, and cut each row after max_length tokens."""
+    import numpy as np
+
+    from slothctl.data.encode import _masked
+
+    rng = random.Random(7)
+    for _ in range(400):
+        units, lengths, positions, base = [], [], [], 0
+        for _row in range(rng.randint(1, 5)):
+            segments = [(rng.randint(0, 9), rng.random() < 0.5) for _ in range(rng.randint(1, 4))]
+            total = sum(size for size, _ in segments)
+            starts = sorted(rng.sample(range(total), rng.randint(0, total))) if total else []
+            units.append(segments)
+            lengths.append(len(starts))
+            positions += [base + s for s in starts]
+            base += total
+        if not ascending and len(positions) > 1:
+            first, last = 0, lengths[0] - 1 if lengths[0] else 0
+            positions[first], positions[last] = positions[last], positions[first]  # a row's offsets out of order
+        max_length = rng.randint(1, 6)
+        got = _masked(np.arange(len(positions), dtype=np.int32), np.asarray(positions, dtype=np.int64),
+                      np.asarray(lengths, dtype=np.int64), units, max_length)
+        ids, flags = _naive_mask(positions, lengths, units, max_length)
+        assert got.ids.tolist() == ids and got.trained.tolist() == flags
+        assert got.full_lengths.tolist() == lengths and got.lengths.tolist() == [min(n, max_length) for n in lengths]

@@ -119,7 +119,7 @@ def test_dry_run_on_a_terminal_prints_the_estimate_as_toml_comments_and_the_fixe
     lines = result.lines
     assert lines and all(line.startswith("#") for line in lines), lines  # `2>&1` keeps the TOML valid
     text = "\n".join(lines)
-    assert "# Plan for T4 (14.6 GiB): unsloth backend, adamw_8bit" in text, text
+    assert "# Plan for T4 (14.6 GiB): unsloth backend, adamw_torch_fused" in text, text
     assert "micro-batch 64 x 1 accumulation step (64 rows per update)" in text
     assert "will not fit" in text and "changes that fit:" in text and "--set train.micro_batch=" in text, text
     assert "tokens per step" in text and "steps of" in text and "to the end" in text

@@ -150,9 +150,10 @@ class TrainConfig:
     max_steps: int = key(0, "Stop after this many optimizer steps (0 = run `epochs` epochs).", min=0)
     epochs: float = key(1.0, "Passes over the training data when max_steps is 0.", min=0.0, max=10000.0,
                         min_exclusive=True)
-    optim: str = key("auto", "Optimizer: `auto` is adamw_8bit on CUDA and adamw_torch on CPU.",
+    optim: str = key("auto", "Optimizer: `auto` is adamw_torch_fused on CUDA (faster than adamw_8bit over "
+                     "LoRA weights; adamw_8bit saves 6 bytes of state per LoRA weight) and adamw_torch on CPU.",
                      choices=("auto", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit",
-                              "sgd", "adafactor"), unsloth="adamw_8bit on CUDA like the notebooks")
+                              "sgd", "adafactor"), unsloth="adamw_8bit, as the notebooks use")
     save_steps: int = key(50, "Write a checkpoint every N steps and at the last step, for `slothctl resume` "
                           "(0 = only the final adapter; Ctrl-C still saves one).", min=0)
     save_total_limit: int = key(3, "Keep the newest N checkpoints (the final adapter is kept apart).", min=1)

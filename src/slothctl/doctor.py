@@ -32,6 +32,7 @@ def project_fits(cfg, gpus: list) -> list[dict[str, Any]]:
     as max_seq_length long (the data is not read here; `train --dry-run` reads it)."""
     from slothctl import models
     from slothctl.errors import SlothctlError
+    from slothctl.training.arguments import optimizer_name
     from slothctl.training.layout import plan_memory
     from slothctl.training.preview import planned_backend
 
@@ -42,7 +43,7 @@ def project_fits(cfg, gpus: list) -> list[dict[str, Any]]:
     found = []
     for gpu in gpus:
         backend = planned_backend(cfg.model.backend, gpu, named=False)
-        optim = cfg.train.optim if cfg.train.optim != "auto" else "adamw_8bit"
+        optim = optimizer_name(cfg.train, cuda=True)
         memory = plan_memory(cfg.model, cfg.lora, cfg.train, model_path=path, backend=backend, optim=optim,
                              lengths=None, gpu=gpu)
         planned = memory.to_dict()

@@ -161,10 +161,13 @@ def fastest(lengths: Sequence[int] | None, batch_size: int, seed: int = 3407, cu
     epoch (not on a global sort of all rows, whose padding shrinks as the dataset grows):
 
     - padding-free where a varlen attention kernel (FlashAttention) is installed;
-    - padding-free when the rows really are of one length (e.g. long texts truncated to
-      max_seq_length): at least 90% of the grouped batches hold a single length, so padding-free
-      attention is one call per batch, like a padded batch, with nothing to pad; it was 26% faster
-      than padded batches there (Qwen3-1.7B shape, H200);
+    - padded batches, without an attention mask, when the rows really are of one length (e.g. long
+      texts truncated to max_seq_length): at least 90% of the grouped batches hold a single length,
+      so there is nothing to pad and the batch goes to the model without its all-ones mask
+      (trainer.MasklessWhenFull): the plain causal kernel, the path a hand-written loop takes.
+      Padding-free batches of such rows went through Unsloth's packed path instead (position ids,
+      two host syncs and ~12 ms more GPU work per step on the Qwen3-1.7B shape, H200,
+      bench/results/profiles/); padded batches with the mask were 26% slower than padding-free there;
     - otherwise padded batches of similar lengths: without a varlen kernel padding-free runs
       attention once per distinct length in a batch, and was 2.2x slower on chat data;
     - at batch size 1, plain padded batches: one row per batch, nothing to pad or group (padding-free
@@ -188,8 +191,9 @@ def fastest(lengths: Sequence[int] | None, batch_size: int, seed: int = 3407, cu
     order, _ = shuffled_order(len(values), seed)
     grouped = batch_stats(values, grouped_order(values, order, batch_size), batch_size)
     if grouped.one_length >= ONE_LENGTH:
-        return Choice("padding_free", f"the rows are of one length ({grouped.one_length:.0%} of the batches of "
-                                      f"{batch_size} hold a single length): padding-free, nothing to pad")
+        return Choice("length_grouped", f"the rows are of one length ({grouped.one_length:.0%} of the batches of "
+                                        f"{batch_size} hold a single length): nothing to pad, batches go without "
+                                        "an attention mask")
     shuffled = batch_stats(values, order, batch_size)
     return Choice("length_grouped", f"rows of many lengths (padding-free would attend {grouped.calls_per_batch:.1f} "
                                     f"times per batch of {batch_size}): padded batches of similar length, "

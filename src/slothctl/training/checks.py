@@ -55,7 +55,7 @@ def check_disk_space(lora: LoraConfig, model: ModelConfig, root: Path, model_pat
 
 
 def check_bitsandbytes(model: ModelConfig, optim: str) -> None:
-    """Exit 2 when 4/8-bit loading or an 8-bit optimizer (`optim = "auto"` on CUDA) needs bitsandbytes
+    """Exit 2 when 4/8-bit loading or an 8-bit optimizer (`optim = "adamw_8bit"`) needs bitsandbytes
     and it is not installed (it comes with the `cuda` and `unsloth` extras)."""
     needs = [what for what, used in (("[model] load_in_4bit", model.load_in_4bit),
                                       ("[model] load_in_8bit", model.load_in_8bit),

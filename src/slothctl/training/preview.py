@@ -53,7 +53,7 @@ def preview(cfg: Config, gpu_name: str | None = None, emit: Emit = ignore) -> Pr
     if gpu is not None and gpu.is_cpu:
         gpu = None
     backend = planned_backend(cfg.model.backend, gpu, named=gpu_name is not None)
-    optim = cfg.train.optim if cfg.train.optim != "auto" else ("adamw_8bit" if gpu else "adamw_torch")
+    optim = arguments.optimizer_name(cfg.train, cuda=gpu is not None)
     from slothctl.training.run import setup_data
 
     libraries.quiet()  # stderr holds the estimate: no progress bars of datasets (packing) or transformers
