@@ -223,14 +223,22 @@ def read_local(path: Path) -> Rows:
     if not path.exists():
         raise DataError(f"data source {path} does not exist",
                         "check the path ([data] source is relative to the project file)")
+    from concurrent.futures import ThreadPoolExecutor
+
     files, skipped = source_files(path)
     out = Rows([], [], {"files": []}, [str(p.relative_to(path)) for p in skipped])
-    for file in files:
-        data = _read_bytes(file)
-        name = str(file.relative_to(path)) if path.is_dir() else file.name
-        READERS[file.suffix.lower()](file, name, data, out)
-        out.fingerprint["files"].append([name, len(data), hashlib.sha256(data).hexdigest()])
+    with ThreadPoolExecutor(1) as hasher:  # hashlib lets go of the GIL: a file is hashed while it is parsed
+        for file in files:
+            data = _read_bytes(file)
+            digest = hasher.submit(_sha256, data)
+            name = str(file.relative_to(path)) if path.is_dir() else file.name
+            READERS[file.suffix.lower()](file, name, data, out)
+            out.fingerprint["files"].append([name, len(data), digest.result()])
     return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def fingerprint_local(path: Path) -> dict:
@@ -243,7 +251,7 @@ def fingerprint_local(path: Path) -> dict:
     for file in files:
         data = _read_bytes(file)
         name = str(file.relative_to(path)) if path.is_dir() else file.name
-        digests.append([name, len(data), hashlib.sha256(data).hexdigest()])
+        digests.append([name, len(data), _sha256(data)])
     return {"files": digests}
 
 
