@@ -8,10 +8,13 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
     (c) raw transformers + PEFT + TRL, sdpa  (d) slothctl train, hf backend
     (e) as (c), with transformers' own loss instead of TRL's fused LM head (bench/raw_hf.py --plain-loss)
     (f) a hand-written Unsloth training loop, no TRL, no Trainer (bench/raw_loop.py)
-    (g) as (a) with batching = "length_grouped": padded batches, which on rows of one length carry no
-        attention mask (trainer.MasklessWhenFull), against (a)'s `auto` choice for such rows (padding-free)
+    (g) as (a) with batching = "length_grouped" and optim = "adamw_8bit": padded batches, which on rows
+        of one length carry no attention mask (trainer.MasklessWhenFull), with the 8-bit optimizer
     (j) as (g) with optim = "adamw_torch_fused": one fused AdamW over all LoRA weights instead of
-        bitsandbytes' 8-bit AdamW, which launches its kernels weight by weight
+        bitsandbytes' 8-bit AdamW, which launches its kernels weight by weight (since 2026-12-03 both
+        are what (a) gets on rows of one length: `auto` chooses them)
+    (k) as (j) with batching = "padding_free": what `auto` chose for rows of one length until then
+    (l) as (a) with optim = "adamw_8bit": `auto`'s optimizer until then
 
 A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
 the mean of the runs (and every run's value is kept), to show how much runs vary.
@@ -196,7 +199,14 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
 
 NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
          "e": "e_raw_hf_plain_loss", "f": "f_raw_loop",
-         "g": "g_slothctl_padded", "j": "j_slothctl_padded_fused"}
+         "g": "g_slothctl_padded", "j": "j_slothctl_padded_fused", "k": "k_slothctl_padding_free_fused",
+         "l": "l_slothctl_8bit"}
+
+
+# the slothctl variants: (batching, optim) in their projects
+SLOTHCTL = {"a": ("auto", "auto"), "d": ("auto", "auto"), "g": ("length_grouped", "adamw_8bit"),
+            "j": ("length_grouped", "adamw_torch_fused"), "k": ("padding_free", "adamw_torch_fused"),
+            "l": ("auto", "adamw_8bit")}
 
 
 def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -> dict:
@@ -206,12 +216,11 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     common = ("--seq", str(seq), "--bs", str(bs), "--steps", str(steps), "--warmup", str(warmup))
     runs: dict[str, list[dict]] = {}
     for variant in variants:
-        if variant in "adgj":
-            backend = "unsloth" if variant in "agj" and not CPU else "hf"
+        if variant in SLOTHCTL:
+            batching, optim = SLOTHCTL[variant]
+            backend = "unsloth" if variant != "d" and not CPU else "hf"
             result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
-                                                   backend, batching="length_grouped" if variant in "gj" else "auto",
-                                                   optim="adamw_torch_fused" if variant == "j" and not CPU
-                                                   else "auto"),
+                                                   backend, batching=batching, optim="auto" if CPU else optim),
                                   warmup)
         elif variant == "b":
             result = run_script("raw_unsloth.py", str(model), str(data), *common)
@@ -226,14 +235,14 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
                "results": results}
     a = results.get(NAMES["a"], {})
-    for other in "bcfgj":
+    for other in "bcfgjkl":
         o = results.get(NAMES[other], {})
         if "tokens_per_s" in a and "tokens_per_s" in o:
             summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
             if a.get("peak_vram_gb") and o.get("peak_vram_gb"):
                 summary[f"a_over_{other}_vram"] = a["peak_vram_gb"] / o["peak_vram_gb"]
     summary["ratios"] = {f"{mine}/{theirs}": results[NAMES[mine]]["tokens_per_s"] / results[NAMES[theirs]]["tokens_per_s"]
-                         for mine in "adgj" for theirs in "bcef"
+                         for mine in SLOTHCTL for theirs in "bcef"
                          if "tokens_per_s" in results.get(NAMES[mine], {})
                          and "tokens_per_s" in results.get(NAMES[theirs], {})}
     return summary
@@ -392,7 +401,7 @@ def report(results: dict) -> None:
                   f"{f'{mfu:.1%}' if mfu else '-':>6}")
         for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram",
                       "a_over_f_tokens", "a_over_f_vram", "a_over_g_tokens", "a_over_j_tokens",
-                      "a_over_j_vram"):
+                      "a_over_j_vram", "a_over_k_tokens", "a_over_l_tokens"):
             if ratio in data:
                 print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
         for pair, ratio in data.get("ratios", {}).items():

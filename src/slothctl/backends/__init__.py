@@ -55,8 +55,9 @@ class Backend(Protocol):
         """The model with trainable LoRA layers made from `lora_arguments(lora, model)`."""
         ...
 
-    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
-        """This backend's changes to the shared trainer arguments (training/arguments.py)."""
+    def trainer_overrides(self, strategy: str) -> dict[str, Any]:
+        """This backend's changes to the shared trainer arguments (training/arguments.py) for a batching
+        strategy (training/batching.py STRATEGIES)."""
         ...
 
     def load_adapter(self, model: ModelConfig, path: str, adapter: str, options: LoadOptions,

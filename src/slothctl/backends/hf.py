@@ -93,12 +93,18 @@ class HFBackend:
             model.enable_input_require_grads()
         return model
 
-    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
+    def trainer_overrides(self, strategy: str) -> dict[str, Any]:
         """TRL's dataset preparation is skipped unless it packs: our rows already carry their labels, are
         truncated to max_length and all have a trained token, which is all it would do, row by row in
         Python over the whole dataset (three `map`/`filter` passes). (Unsloth's trainer replaces that
-        preparation with its own, which returns such a dataset as it is.)"""
-        return {} if packing else {"dataset_kwargs": {"skip_prepare_dataset": True}}
+        preparation with its own, which returns such a dataset as it is.) For the same reason a
+        padding-free run gets no max_length: TRL refuses one that it would not enforce there."""
+        if strategy == "packed":
+            return {}
+        overrides: dict[str, Any] = {"dataset_kwargs": {"skip_prepare_dataset": True}}
+        if strategy == "padding_free":
+            overrides["max_length"] = None
+        return overrides
 
     def load_adapter(self, model: ModelConfig, path: str, adapter: str, options: LoadOptions,
                      emit: Emit = ignore) -> tuple[Any, Any]:

@@ -82,7 +82,7 @@ class UnslothBackend:
         except ValueError as exc:
             raise UsageError(f"[lora] target_modules: {exc}") from None
 
-    def trainer_overrides(self, packing: bool) -> dict[str, Any]:
+    def trainer_overrides(self, strategy: str) -> dict[str, Any]:
         """Unsloth's own (offloaded) gradient checkpointing is set up by get_peft_model; the trainer's
         would replace it with transformers' slower one, so the trainer is told to leave it alone."""
         return {"gradient_checkpointing": False, "gradient_checkpointing_kwargs": None}

@@ -243,7 +243,7 @@ def setup_trainer(train_cfg: TrainConfig, model_cfg: ModelConfig, backend: Backe
     status(emit, f"Batching {batching.strategy}: {batching.reason}", batching=batching.to_json())
     args = arguments.sft_config(train_cfg, model_cfg, output_dir=str(paths.root), run_name=plan.cfg.output.name,
                                 total_steps=total, has_eval=has_eval, optim=run["optim"], batching=batching,
-                                overrides=backend.trainer_overrides(train_cfg.packing))
+                                overrides=backend.trainer_overrides(batching.strategy))
     hooks: list = []
     patience = arguments.early_stopping(train_cfg, has_eval)
     if patience:
