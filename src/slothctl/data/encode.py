@@ -343,8 +343,8 @@ def _masked(ids: np.ndarray, position: np.ndarray, lengths: np.ndarray, units: l
 
     Positions normally ascend (each row's tokens in order, rows one after another): then each trained
     segment's tokens are one run of the token array, found with two binary searches per segment, so
-    the work per token is one copy, not a binary search (at 100k chat rows this was 3 of the ~15
-    CPU-seconds slothctl adds to the tokenizer's own; bench/data_scale.py)."""
+    the work per token is one copy, not a binary search (at 100k chat rows the search per token took
+    1.5-3 of the 14-16 CPU-seconds slothctl added to the tokenizer's own; bench/data_scale.py)."""
     range_starts, range_ends, offset = [], [], 0
     for segments in units:
         for size, trained in segments:

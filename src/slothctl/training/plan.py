@@ -301,9 +301,10 @@ def check_resume_point(plan: RunPlan, run: dict, total: int, force: bool, emit: 
 
 
 def run_optimizer(plan: RunPlan, choice: str, resolved: str) -> str:
-    """A run keeps the optimizer it started with: `optim = "auto"` resolves per device (8-bit AdamW on
-    CUDA, AdamW on CPU), and a checkpoint's optimizer state only loads into the same kind, so a CPU
-    run continued on a GPU keeps AdamW."""
+    """A run keeps the optimizer it started with: `optim = "auto"` resolves per device (fused AdamW on
+    CUDA, AdamW on CPU; 8-bit AdamW on CUDA until 2026-12-03), and a checkpoint's optimizer state only
+    loads into the same kind, so a CPU run continued on a GPU keeps AdamW, and a run started with 8-bit
+    AdamW keeps it."""
     if plan.checkpoint is not None and choice == "auto":
         info = plan.checkpoint / CHECKPOINT_INFO
         if info.is_file():
