@@ -241,10 +241,9 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
             summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
             if a.get("peak_vram_gb") and o.get("peak_vram_gb"):
                 summary[f"a_over_{other}_vram"] = a["peak_vram_gb"] / o["peak_vram_gb"]
-    summary["ratios"] = {f"{mine}/{theirs}": results[NAMES[mine]]["tokens_per_s"] / results[NAMES[theirs]]["tokens_per_s"]
-                         for mine in SLOTHCTL for theirs in "bcef"
-                         if "tokens_per_s" in results.get(NAMES[mine], {})
-                         and "tokens_per_s" in results.get(NAMES[theirs], {})}
+    rate = {letter: results.get(name, {}).get("tokens_per_s") for letter, name in NAMES.items()}
+    summary["ratios"] = {f"{mine}/{theirs}": rate[mine] / rate[theirs]  # (a)'s are the a_over_* above
+                         for mine in SLOTHCTL if mine != "a" for theirs in "bcef" if rate[mine] and rate[theirs]}
     return summary
 
 
