@@ -15,6 +15,10 @@ r16 on all linear layers, gradient checkpointing, measured in one run on one mac
         are what (a) gets on rows of one length: `auto` chooses them)
     (k) as (j) with batching = "padding_free": what `auto` chose for rows of one length until then
     (l) as (a) with optim = "adamw_8bit": `auto`'s optimizer until then
+    (m) slothctl's defaults, but for batch_size and the steps: micro_batch = "auto" plans the layout
+        from the memory estimate (with room on the GPU: the whole batch at once, gradient checkpointing
+        off), where (a) keeps the notebook's layout (micro-batch = batch_size, checkpointing on) to
+        compare the trainers at the same memory
 
 A letter given twice (--variants abab) runs that variant again, interleaved; its tokens/s is then
 the mean of the runs (and every run's value is kept), to show how much runs vary.
@@ -171,7 +175,9 @@ def run_slothctl(project: Path, warmup: int, diagnose: bool = False) -> dict:
               "epoch_tokens_per_s": summary["train_tokens"] / summary["train_seconds"],
               "peak_vram_gb": summary["peak_vram_gb"], "mean_loss": sum(e["loss"] for e in steps) / len(steps),
               "steps": len(steps), "backend": summary["backend"],
-              "batching": next((e.get("batching") for e in events if e["event"] == "start"), None)}
+              "batching": next((e.get("batching") for e in events if e["event"] == "start"), None),
+              "layout": next(({k: e.get(k) for k in ("micro_batch", "grad_accum", "gradient_checkpointing", "source")}
+                              for e in events if e["event"] == "layout"), None)}
     if diagnose:
         elapsed = [e["elapsed"] for e in steps]
         result.update(step_profile([b - a for a, b in zip(elapsed, elapsed[1:])]),
@@ -200,7 +206,7 @@ def run_script(script: str, *args: str, diagnose: bool = False) -> dict:
 NAMES = {"a": "a_slothctl_unsloth", "b": "b_raw_unsloth", "c": "c_raw_hf", "d": "d_slothctl_hf",
          "e": "e_raw_hf_plain_loss", "f": "f_raw_loop",
          "g": "g_slothctl_padded", "j": "j_slothctl_padded_fused", "k": "k_slothctl_padding_free_fused",
-         "l": "l_slothctl_8bit"}
+         "l": "l_slothctl_8bit", "m": "m_slothctl_defaults"}
 
 
 # the slothctl variants: (batching, optim) in their projects
@@ -222,6 +228,8 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
             result = run_slothctl(slothctl_project(f"{shape}-{variant}", model, data, "text", seq, bs, steps,
                                                    backend, batching=batching, optim="auto" if CPU else optim),
                                   warmup)
+        elif variant == "m":
+            result = run_slothctl(defaults_project(f"{shape}-m", model, data, bs, 1, steps, seq), warmup)
         elif variant == "b":
             result = run_script("raw_unsloth.py", str(model), str(data), *common)
         elif variant == "f":
@@ -235,7 +243,7 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
     summary = {"batch_size": bs, "seq": seq, "flops_per_token": flops_per_token(shape_config(shape), seq),
                "results": results}
     a = results.get(NAMES["a"], {})
-    for other in "bcfgjkl":
+    for other in "bcfgjklm":
         o = results.get(NAMES[other], {})
         if "tokens_per_s" in a and "tokens_per_s" in o:
             summary[f"a_over_{other}_tokens"] = a["tokens_per_s"] / o["tokens_per_s"]
@@ -243,7 +251,7 @@ def fixed_length(shape: str, seq: int, steps: int, warmup: int, variants: str) -
                 summary[f"a_over_{other}_vram"] = a["peak_vram_gb"] / o["peak_vram_gb"]
     rate = {letter: results.get(name, {}).get("tokens_per_s") for letter, name in NAMES.items()}
     summary["ratios"] = {f"{mine}/{theirs}": rate[mine] / rate[theirs]  # (a)'s are the a_over_* above
-                         for mine in SLOTHCTL if mine != "a" for theirs in "bcef" if rate[mine] and rate[theirs]}
+                         for mine in (*SLOTHCTL, "m") if mine != "a" for theirs in "bcef" if rate[mine] and rate[theirs]}
     return summary
 
 
@@ -400,7 +408,8 @@ def report(results: dict) -> None:
                   f"{f'{mfu:.1%}' if mfu else '-':>6}")
         for ratio in ("a_over_b_tokens", "a_over_b_vram", "a_over_c_tokens", "a_over_c_vram",
                       "a_over_f_tokens", "a_over_f_vram", "a_over_g_tokens", "a_over_j_tokens",
-                      "a_over_j_vram", "a_over_k_tokens", "a_over_l_tokens"):
+                      "a_over_j_vram", "a_over_k_tokens", "a_over_l_tokens", "a_over_m_tokens",
+                      "a_over_m_vram"):
             if ratio in data:
                 print(f"{'':14} {ratio:22} {data[ratio]:9.3f}")
         for pair, ratio in data.get("ratios", {}).items():
