@@ -125,7 +125,7 @@ PROMPT = "What is the capital of Portugal?"
 GREEDY = ["--temperature", "0", "--max-new-tokens", "24", "--json"]
 
 
-def test_chat_on_cuda_answers_like_the_cpu(gpu_run):
+def test_chat_answers_cleanly_on_cuda_and_on_the_cpu(gpu_run):
     """`chat` on the GPU (Unsloth's for_inference) and on the CPU (hf backend, float32) answer the
     same prompt greedily with the same adapter: both answer without template markers, and the adapter
     changes the GPU's answer. The words are not compared across devices: where the tuned model's first

@@ -41,6 +41,9 @@ def is_hub_id(source: str) -> bool:
 
 def source_files(path: Path) -> tuple[list[Path], list[Path]]:
     """The data files of a file or folder (and, for a folder, the files skipped)."""
+    if not path.exists():
+        raise DataError(f"data source {path} does not exist",
+                        "check the path ([data] source is relative to the project file)")
     if not path.is_dir():
         if path.suffix.lower() not in SUFFIXES:
             raise DataError(f"{path}: unsupported file type `{path.suffix or path.name}`",
@@ -220,9 +223,6 @@ def _kind(value) -> str:
 
 def read_local(path: Path) -> Rows:
     """All rows of a file or folder, in file-name order."""
-    if not path.exists():
-        raise DataError(f"data source {path} does not exist",
-                        "check the path ([data] source is relative to the project file)")
     from concurrent.futures import ThreadPoolExecutor
 
     files, skipped = source_files(path)
@@ -231,7 +231,7 @@ def read_local(path: Path) -> Rows:
         for file in files:
             data = _read_bytes(file)
             digest = hasher.submit(_sha256, data)
-            name = str(file.relative_to(path)) if path.is_dir() else file.name
+            name = _file_name(path, file)
             READERS[file.suffix.lower()](file, name, data, out)
             out.fingerprint["files"].append([name, len(data), digest.result()])
     return out
@@ -241,17 +241,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _file_name(source: Path, file: Path) -> str:
+    """How rows and fingerprints name a file: relative to a folder source, else its own name."""
+    return str(file.relative_to(source)) if source.is_dir() else file.name
+
+
 def fingerprint_local(path: Path) -> dict:
     """The fingerprint `read_local` would give, from the files' bytes alone (no parsing)."""
-    if not path.exists():
-        raise DataError(f"data source {path} does not exist",
-                        "check the path ([data] source is relative to the project file)")
     files, _ = source_files(path)
     digests = []
     for file in files:
         data = _read_bytes(file)
-        name = str(file.relative_to(path)) if path.is_dir() else file.name
-        digests.append([name, len(data), _sha256(data)])
+        digests.append([_file_name(path, file), len(data), _sha256(data)])
     return {"files": digests}
 
 
