@@ -14,9 +14,10 @@ Measured, interleaved by size, each in a fresh process:
               own: `data inspect` stores the tokenized rows where `train` finds them)
   train miss  `slothctl train --max-steps 1 --json` with an empty data cache
   train hit   the same again in a new run folder: the data cache has the entry
-  tokenizer   the floor under inspect: only the embedded model's tokenizer (`tokenizers`, all cores,
-              chunks of 2,048 rows, as slothctl calls it) on the same conversations written out as
-              ChatML text, timed inside a fresh process after the rows are read
+  tokenizer   the `tokenizers` library alone (all cores, chunks of 2,048 rows, as slothctl called it
+              before data/fast_bpe.py) on the same conversations written out as ChatML text, timed
+              inside a fresh process after the rows are read: the floor under inspect until tiktoken
+              took over byte-level BPE tokenizers
 For train, seconds from launch to: the formatted data (the cache event), the start of training (the
 "start" event: the first step begins; this is "time to the first step"), the end of the first step;
 the model load (from "Loading" to "Training"); the peak RSS. Peak RSS is the child's ru_maxrss
@@ -143,7 +144,7 @@ print(json.dumps({"seconds": round(time.perf_counter() - started, 2),
 
 
 def tokenizer_only(path: Path, work: Path) -> dict:
-    """The tokenizer's own time on these conversations: what no data pipeline on this machine can beat."""
+    """`tokenizers`' own time on these conversations: what a data path built on it cannot beat."""
     proc = subprocess.run([sys.executable, "-c", TOKENIZER_ONLY, str(path)], cwd=work, env=child_env(work / "unused"),
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -179,7 +180,7 @@ def table(results: dict, sizes: list[int]) -> str:
         return f" · {run['first_step_s']:.1f} s" if run["first_step_s"] else ""
 
     def tokenizer_part(r: dict) -> str:
-        return f" (tokenizer alone {r['tokenizer']['seconds']:.1f} s)" if "tokenizer" in r else ""
+        return f" (`tokenizers` alone {r['tokenizer']['seconds']:.1f} s)" if "tokenizer" in r else ""
 
     rows = ["| rows (tokens) | `data inspect` | `train`, cache miss: data ready · training starts (· step done) "
             "| `train`, cache hit: data ready · training starts (· step done) · model load "

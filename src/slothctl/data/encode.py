@@ -291,10 +291,7 @@ def tokenize(batch: list[Segments], tok: TextTokenizer, max_length: int) -> Toke
     if tok.byte_lengths is None:
         return _tokenize_by_chars(batch, texts, tok, max_length)
     table, normalizer = tok.byte_lengths
-    encoded = tok.encode_batch(texts)
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    ids = np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
-    del encoded
+    ids, lengths = tok.encode_flat(texts)
     widths = table[ids]
     row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     ends = np.cumsum(widths)

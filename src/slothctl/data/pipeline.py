@@ -30,7 +30,7 @@ from slothctl.data.report import Problem, build_report
 from slothctl.data.sources import Rows, read_source, resolve_source
 from slothctl.data.templates import (ChatTemplate, choose_for_text_tokenizer, pad_for, system_turns,
                                      template_or_none_for_text)
-from slothctl.data.tokenizer import TextTokenizer
+from slothctl.data.tokenizer import FAST_ENGINE_MIN_ROWS, TextTokenizer
 from slothctl.errors import DataError
 from slothctl.events import Emit, ignore, status, warning
 
@@ -201,6 +201,8 @@ class _Chunk:
     roles: Counter
     turns: list[int]
     keys: list[int]  # a hash of each valid row's standard form, to find exact duplicates
+    checked: int = 0  # rows a data worker's fast engine checked against `tokenizers` (fast_bpe.py)...
+    disagreement: str | None = None  # ...and where the two differed
 
 
 @dataclass
@@ -250,8 +252,13 @@ def _tokenize_into(chunk: _Chunk, batch: list, work: _Work) -> _Chunk:
 
 
 def _encode_in_worker(bounds: tuple[int, int]) -> _Chunk | tuple[str, str | None]:
+    engine = _WORK.tok.fast_engine[0]
+    checked = engine.rows_checked if engine else 0
     try:
-        return _tokenize_into(*_segment_range(_WORK, *bounds), _WORK)
+        chunk = _tokenize_into(*_segment_range(_WORK, *bounds), _WORK)
+        if engine:  # this worker's engine: its counts reach the parent with the chunk
+            chunk.checked, chunk.disagreement = engine.rows_checked - checked, engine.disagreement
+        return chunk
     except DataError as exc:  # sent back as (message, hint): the hint would not survive pickling
         return exc.message, exc.hint
 
@@ -301,6 +308,8 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
 
     n = len(work.rows)
     interrupts.hold("data_preparing")
+    if n >= FAST_ENGINE_MIN_ROWS:
+        work.tok.fast_engine  # built once, before the threads or the forked workers that use it
     if num_proc <= 1 or n < 2 * CHUNK or "fork" not in multiprocessing.get_all_start_methods():
         with tokenizer_threads(True):
             return _encode_in_process(work)
@@ -328,6 +337,26 @@ def _encode_all(work: _Work, num_proc: int) -> list[_Chunk]:
         return results
     finally:
         _WORK = None
+
+
+def _engine_used(tok: TextTokenizer, chunks: list[_Chunk], rows: int, emit: Emit) -> dict:
+    """Which engine tokenized the rows and how it was checked (fast_bpe.py), said once and kept in
+    the report."""
+    if rows < FAST_ENGINE_MIN_ROWS:
+        return {"engine": "tokenizers", "checked": 0, "note": f"fewer than {FAST_ENGINE_MIN_ROWS} rows"}
+    engine, reason = tok.fast_engine
+    if engine is None:
+        status(emit, f"Tokenized with tokenizers (tiktoken does not apply: {reason})")
+        return {"engine": "tokenizers", "checked": 0, "note": f"tiktoken does not apply: {reason}"}
+    checked = engine.rows_checked + sum(c.checked for c in chunks)
+    disagreement = engine.disagreement or next((c.disagreement for c in chunks if c.disagreement), None)
+    if disagreement:
+        note = (f"tiktoken and tokenizers gave different ids for the {disagreement}: that batch and the later "
+                f"ones were tokenized with tokenizers ({checked} rows checked agreed)")
+        warning(emit, note)
+        return {"engine": "tiktoken, then tokenizers", "checked": checked, "note": note}
+    status(emit, f"Tokenized with tiktoken; {checked} rows checked against tokenizers gave the same ids")
+    return {"engine": "tiktoken", "checked": checked, "note": f"{checked} rows checked against tokenizers: same ids"}
 
 
 def strict_error(problems: list[Problem]) -> DataError:
@@ -375,6 +404,7 @@ def _prepare(cfg: Config, tok: TextTokenizer, emit: Emit, strict: bool | None) -
                  + (f" with the chat template {template.label}" if template else ""))
     work = _Work(source.rows, source.origin, detection.format, segmenter, tok, max_length)
     chunks = _encode_all(work, data.num_proc)
+    engine = _engine_used(tok, chunks, len(source.rows), emit)
 
     parts = [c.tokens for c in chunks]
     for chunk in chunks:
@@ -418,6 +448,7 @@ def _prepare(cfg: Config, tok: TextTokenizer, emit: Emit, strict: bool | None) -
         problems=problems, dropped=dropped, roles=roles, turns=turns, duplicates=duplicates,
         kept_tokens=len(kept.ids), kept_trained=int(kept.trained.sum()), train_rows=int((~is_eval).sum()),
         eval_rows=int(is_eval.sum()), eval_fraction=data.eval_fraction, seed=data.seed)
+    report["tokenizer"] = engine
     report["system_turns"] = system_turns(template, tok.bos_token, tok.eos_token, roles.get("system", 0))
     if report["system_turns"] and report["system_turns"]["handling"] != "kept":
         warning(emit, f"system turns are {report['system_turns']['handling']}")

@@ -1,5 +1,6 @@
 """A light tokenizer for the data pipeline: the model's `tokenizer.json` through the `tokenizers`
-library, its special tokens and its chat template, without importing transformers or torch.
+library (large batches of a byte-level BPE tokenizer through tiktoken: fast_bpe.py), its special
+tokens and its chat template, without importing transformers or torch.
 
 `data inspect` must start fast, and training must tokenize exactly as inspect does: both use this.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from slothctl.errors import UsageError
 
+FAST_ENGINE_MIN_ROWS = 256  # smaller batches: building the fast engine would cost more than it saves
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
 
 
@@ -30,14 +32,26 @@ class TextTokenizer:
     unk_token: str | None = None
     special_tokens: list[str] = field(default_factory=list)  # added special tokens, in id order
     digest: str = ""  # content hash of the tokenizer files (part of the data cache key)
+    tokenizer_json: Path | None = None  # the file `backend` was read from
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids only. `encode_batch_fast` skips the character offsets, whose byte-to-character
-        map (a hash map entry per byte of text) was ~17% of `encode_batch`'s time: with the
-        tokenizer's threads on (as the data path runs it) it took ~0.78x the CPU and wall time of
-        `encode_batch` on 10k chat rows in chunks of 2,048 (tokenizers 0.23, SmolLM2's byte-level
-        BPE, 2 cores); on one thread both took about the same."""
-        return [enc.ids for enc in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+    def encode_flat(self, texts: list[str]):
+        """Token ids of many rows: (flat int32 ids, int64 number of tokens per row). Batches of at least
+        FAST_ENGINE_MIN_ROWS rows of a byte-level BPE tokenizer go through tiktoken, checked against
+        `tokenizers` (fast_bpe.py)."""
+        from slothctl.data import fast_bpe
+
+        engine = self.fast_engine[0] if len(texts) >= FAST_ENGINE_MIN_ROWS else None
+        return engine.encode(texts) if engine is not None else fast_bpe.flat_ids(self.backend, texts)
+
+    @cached_property
+    def fast_engine(self):
+        """(fast_bpe's engine for this tokenizer or None, "tiktoken" or why not). Built on first use
+        (0.3-1.5 s): the data path asks for it before its threads or workers start."""
+        from slothctl.data import fast_bpe
+
+        if self.tokenizer_json is None:
+            return None, "no tokenizer.json"
+        return fast_bpe.build(self.tokenizer_json, self.backend)
 
     def encode_batch_with_starts(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and, for each token, the index of the character it starts at."""
@@ -128,4 +142,5 @@ def load_text_tokenizer(model_path: str, revision: str = "") -> TextTokenizer:
         unk_token=_token_text(config.get("unk_token")),
         special_tokens=[tok.content for _, tok in added if tok.special],
         digest=digest.hexdigest(),
+        tokenizer_json=tokenizer_json,
     )

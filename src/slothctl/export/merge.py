@@ -1,7 +1,7 @@
 """`slothctl merge`: adapter + base model → one model folder that loads without PEFT.
 
     merged/
-      model*.safetensors, config.json   written by the backend's `merge` (PEFT or Unsloth)
+      model*.safetensors, config.json   written by the backend's `merge` (PEFT)
       tokenizer files, chat_template.jinja   copied from the adapter: the template used in training
       generation_config.json   eos = the tokens that end a reply in that template, pad = the tokenizer's
       slothctl_merged.json     base, adapter (and its hash), precision, dtype, each file's sha256
@@ -23,6 +23,7 @@ from typing import Any
 
 from slothctl import __version__, backends, interrupts, libraries, models
 from slothctl.backends import LoadOptions
+from slothctl.backends.device import on_cuda
 from slothctl.config import Config
 from slothctl.errors import RuntimeFailure, UsageError
 from slothctl.events import Emit, Event, ignore, status, warning
@@ -35,7 +36,8 @@ CHECK_FILE = "slothctl_check.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", ADAPTER_INFO) + TOKENIZER_FILES
-BYTES_PER_PARAM = {"16bit": 2, "32bit": 4, "4bit": 0.6}
+# 4bit: the NF4 model plus the 16-bit merge it is quantized from, staged in the same folder
+BYTES_PER_PARAM = {"16bit": 2, "32bit": 4, "4bit": 2.6}
 
 
 @dataclass
@@ -194,8 +196,8 @@ def merge(cfg: Config, *, adapter: Path | None = None, checkpoint: int | None = 
     backend_name = None
     if precision != "lora":
         backend_name = backends.select(cfg.model.backend)
-        if precision == "4bit" and backend_name != "unsloth":
-            raise UsageError("--precision 4bit merges through Unsloth and needs a CUDA GPU",
+        if precision == "4bit" and not on_cuda():
+            raise UsageError("--precision 4bit quantizes with bitsandbytes and needs a CUDA GPU",
                              "use --precision 16bit on this machine")
     fingerprint = adapter_fingerprint(adapter_path)
     dtype = None

@@ -51,10 +51,6 @@ HOOKS = (
          mentions=("_globalstep_last_logged", "_total_loss_scalar", "_get_learning_rate", "store_flos")),
     Hook("transformers.trainer:Trainer._get_learning_rate", ("self",),
          "The learning rate transformers logs, when the loop does not pass one (LateLogHook)."),
-    Hook("unsloth.save:patch_saving_functions", ("model",),
-         "PeftModel.from_pretrained leaves Unsloth's savers bound to the base model, which refuses to save "
-         "while it holds LoRA layers; this binds them to the PeftModel, as Unsloth's get_peft_model does. "
-         "Unsloth has no public call for it (4-bit merge, backends/unsloth.py)."),
     Hook("transformers.trainer:Trainer._save_checkpoint", ("self", "model", "trial"),
          "A checkpoint of the step reached when the GPU ran out of memory in the middle of the next one "
          "(out_of_memory.py): the run then continues from it with half the micro-batch. The Trainer saves only "
@@ -149,13 +145,6 @@ class LateLogHook:
             self.log(logs, start_time)
         finally:
             (state.global_step, state.epoch), self._slothctl_reporting = now, None
-
-
-def bind_unsloth_savers(model: Any) -> None:
-    """Unsloth's savers bound to a PeftModel loaded with PeftModel.from_pretrained (see HOOKS)."""
-    from unsloth.save import patch_saving_functions
-
-    patch_saving_functions(model)
 
 
 def save_checkpoint(trainer: Any) -> None:
