@@ -74,7 +74,7 @@ def _unsupported_chars(missing: set[int]) -> re.Pattern | None:
 
 @dataclass
 class FastBPE:
-    """tiktoken's CoreBPE for one tokenizer.json, with the `tokenizers` Tokenizer it stands in for."""
+    """A tiktoken Encoding for one tokenizer.json, with the `tokenizers` Tokenizer it stands in for."""
 
     encoding: object  # tiktoken.Encoding
     specials: frozenset[str]  # the added tokens: split out of the text, as `tokenizers` does
@@ -220,7 +220,8 @@ def build(tokenizer_json: Path, backend) -> tuple[FastBPE | None, str]:
             return None, "a merge whose result is not a byte-level token"
         key = bytes(symbols[c] for c in token)
         if key in to_bytes:
-            continue  # a second merge to the same token: the first one ranks it
+            continue  # another split of a token already made (Llama 3's list has every split of a token,
+            # next to each other, as tiktoken ranks them): the token's first merge ranks it
         if vocab[token] <= last:
             return None, "token ids that do not follow the order of the merges"
         last = to_bytes[key] = vocab[token]
