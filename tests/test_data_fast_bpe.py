@@ -88,6 +88,14 @@ def test_other_tokenizers_keep_the_tokenizers_library(name, tmp_path):
     assert_same_ids(tok, chat_texts(tmp_path, FAST_ENGINE_MIN_ROWS))
 
 
+def test_no_engine_where_the_loss_mask_needs_the_offsets(folders):
+    """encode_flat serves only the byte-length path (byte_offsets.py): a tokenizer that path refuses
+    (e.g. a ByteLevel post-processor that trims offsets) is reported as tokenized by `tokenizers`."""
+    tok = load_text_tokenizer(str(folders["embedded"]))
+    tok.__dict__["byte_lengths"] = None
+    assert tok.fast_engine == (None, "the loss mask needs this tokenizer's offsets (byte_offsets.py)")
+
+
 def test_shapes_it_cannot_translate_are_refused(folders, tmp_path):
     spec = json.loads((folders["embedded"] / "tokenizer.json").read_text())
 

@@ -162,10 +162,15 @@ class HFBackend:
         stored = _stored_dtype(dtype, precision, merged.state_dict())
         name = str(stored).removeprefix("torch.")
         status(emit, f"Merged in float32; saving {name} weights")
-        merged = merged.to(stored)
-        merged.config.dtype = stored
-        merged.save_pretrained(out_dir, max_shard_size="5GB")
+        _save_as(merged, stored, out_dir)
         return name
+
+
+def _save_as(merged, dtype, folder: Any) -> None:
+    """The merged model's safetensors in `dtype` (and its config saying so)."""
+    merged.to(dtype)
+    merged.config.dtype = dtype
+    merged.save_pretrained(folder, max_shard_size="5GB")
 
 
 def _quantize_merged(merged, nf4, model: ModelConfig, out_dir: Any, emit: Emit) -> str:
@@ -178,10 +183,7 @@ def _quantize_merged(merged, nf4, model: ModelConfig, out_dir: Any, emit: Emit) 
 
     staging = Path(out_dir) / ".merged-float"
     status(emit, "Merged in float32; quantizing the merged weights to NF4 (bitsandbytes)")
-    merged = merged.to(nf4.bnb_4bit_compute_dtype)
-    merged.config.dtype = nf4.bnb_4bit_compute_dtype
-    merged.save_pretrained(staging, max_shard_size="5GB")
-    del merged
+    _save_as(merged, nf4.bnb_4bit_compute_dtype, staging)
     quantized = AutoModelForCausalLM.from_pretrained(staging, quantization_config=nf4,
                                                      device_map={"": f"cuda:{cuda_index()}"},
                                                      trust_remote_code=model.trust_remote_code)

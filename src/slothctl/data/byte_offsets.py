@@ -38,10 +38,10 @@ def _flatten(state: dict | None, key: str) -> list[dict]:
     return [state]
 
 
-def normalizer_kind(backend) -> str | None:
-    """"none" (text is left as is), "nfc", or None for any other normaliser."""
-    parts = _flatten(_state(backend.normalizer), "normalizers")
-    kinds = {part.get("type") for part in parts}
+def normalizer_kind(state: dict | None) -> str | None:
+    """"none" (text is left as is), "nfc", or None for any other normaliser (`state`: the normaliser
+    as tokenizer.json stores it)."""
+    kinds = {part.get("type") for part in _flatten(state, "normalizers")}
     if not kinds:
         return "none"
     return "nfc" if kinds == {"NFC"} else None
@@ -56,7 +56,7 @@ def lengths_table(backend) -> tuple[np.ndarray, str] | None:
 
     pre = _flatten(_state(backend.pre_tokenizer), "pretokenizers")
     levels = [part for part in pre if part.get("type") == "ByteLevel"]
-    normalizer = normalizer_kind(backend)
+    normalizer = normalizer_kind(_state(backend.normalizer))
     if not isinstance(backend.model, BPE) or not levels or normalizer is None:  # (the model's state is its vocab)
         return None
     if any(part.get("add_prefix_space") for part in levels):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slothctl.data.byte_offsets import normalizer_kind
+
 # The pre-tokenizer regex of a ByteLevel pre-tokenizer with use_regex (GPT-2's), as `tokenizers` has it.
 BYTE_LEVEL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SAMPLE_NON_ASCII = 16  # rows per batch checked against `tokenizers`: the first rows that are not ASCII...
@@ -175,20 +177,11 @@ def _pattern(pre: dict | None) -> str | None:
     return regex
 
 
-def _normaliser(normalizer: dict | None) -> str | None:
-    """"none" or "nfc" for the normalisers the engine reproduces; None for any other."""
-    if normalizer is None or (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
-        return "none"
-    if normalizer.get("type") == "NFC":
-        return "nfc"
-    return None
-
-
 def build(tokenizer_json: Path, backend) -> tuple[FastBPE | None, str]:
     """The engine for this tokenizer, or None and the reason it does not apply."""
     spec = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
     model, pattern, normaliser = spec.get("model") or {}, _pattern(spec.get("pre_tokenizer")), \
-        _normaliser(spec.get("normalizer"))
+        normalizer_kind(spec.get("normalizer"))
     if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
             or model.get("end_of_word_suffix"):
         return None, "not a plain BPE model"

@@ -51,7 +51,10 @@ class TextTokenizer:
 
         if self.tokenizer_json is None:
             return None, "no tokenizer.json"
-        return fast_bpe.build(self.tokenizer_json, self.backend)
+        engine, reason = fast_bpe.build(self.tokenizer_json, self.backend)
+        if engine is not None and self.byte_lengths is None:  # encode_flat serves only the byte-length path
+            return None, "the loss mask needs this tokenizer's offsets (byte_offsets.py)"
+        return engine, reason
 
     def encode_batch_with_starts(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and, for each token, the index of the character it starts at."""
